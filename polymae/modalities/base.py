@@ -1,0 +1,104 @@
+"""The modality plugin protocol.
+
+A plugin turns one raw file into a token stream and supplies the torch pieces between token
+values and model width:
+
+    bytes ──decode──▶ canonical array ──tokenize──▶ TokenStream ──embed/position──▶ model
+                                                                 ◀──head── loss, render
+
+``decode`` raises :class:`BadInputError` with a reason for any file it cannot use; the
+pipeline turns that into a quarantine row and goes on. A plugin's ``Config`` defaults are
+the reference paper's settings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from polymae.tokenizer.stream import TokenStream
+
+
+class BadInputError(Exception):
+    """A file a plugin cannot use. ``reason`` ends up in the quarantine table."""
+
+    def __init__(self, reason: str, stage: str = "decode") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+
+class PluginConfig(BaseModel):
+    """Settings every plugin has; plugins subclass it with their own (reference) defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_file_bytes: int = Field(256 * 2**20, gt=0, description="larger files are quarantined")
+
+
+class ModalityPlugin(ABC):
+    """Base class of modality plugins. Subclasses set the class attributes and the abstract methods."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    extensions: ClassVar[tuple[str, ...]] = ()
+    reference: ClassVar[str] = ""
+
+    def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
+        if config is None or isinstance(config, dict):
+            config = self.Config(**(config or {}))
+        self.config = config
+
+    # --- data side (numpy, runs in Ray Data workers) -------------------------------------
+    @abstractmethod
+    def decode(self, data: bytes, path: str) -> np.ndarray:
+        """Raw file bytes → canonical array. Raises BadInputError with a reason."""
+
+    @abstractmethod
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+        """Canonical array → token stream (``visible`` unset). ``rng=None``: the deterministic
+        evaluation view (no augmentation)."""
+
+    @property
+    @abstractmethod
+    def token_shape(self) -> tuple[int, int, int]:
+        """(N tokens, D values per token, C coordinates per token) of every stream."""
+
+    # --- model side (torch) --------------------------------------------------------------
+    def build_embed(self, width: int) -> nn.Module:
+        """Token values (B, N, D) → (B, N, width)."""
+        return nn.Linear(self.token_shape[1], width)
+
+    def build_position(self, width: int) -> nn.Module:
+        """Coordinates (B, N, C) → position codes (B, N, width). Default: fixed sin-cos."""
+        from polymae.models.pos_embed import SinCosPosition
+
+        return SinCosPosition(width, self.token_shape[2])
+
+    def build_head(self, width: int) -> nn.Module:
+        """Decoder features (B, N, width) → predicted token values (B, N, D)."""
+        return nn.Linear(width, self.token_shape[1])
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scalar loss over the tokens where ``mask`` (B, N) is true."""
+
+    def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
+        """A picture (H, W, 3 uint8) of original, masked input and reconstruction."""
+        raise NotImplementedError(f"{self.name} has no render")
+
+    # --- description ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        n, d, c = self.token_shape
+        return {
+            "name": self.name,
+            "reference": self.reference,
+            "extensions": list(self.extensions),
+            "tokens": {"N": n, "D": d, "C": c},
+            "config": self.config.model_dump(),
+        }

@@ -1,0 +1,173 @@
+"""Image plugin (MAE): Pillow decode → random-resized crop to 224 → 16×16 patches → 196 tokens.
+
+Token values are ImageNet-normalised pixels of a patch flattened in (row, col, channel)
+order, as MAE's ``patchify``; the loss is norm-pix MSE on masked patches
+(:mod:`polymae.models.losses.norm_pix_mse`).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field
+
+from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.models.losses import masked_mse
+from polymae.tokenizer.stream import TokenStream
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageConfig(PluginConfig):
+    """MAE's pre-training settings."""
+
+    img_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    max_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb guard (Pillow's)")
+    max_file_bytes: int = Field(64 * 2**20, gt=0)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    random_crop: bool = Field(True, description="random-resized crop in training; else centre crop")
+    hflip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    norm_pix_loss: bool = True
+
+
+def patchify(image: np.ndarray, p: int) -> np.ndarray:
+    """(H, W, 3) → (H/p · W/p, p·p·3), patches in row-major order, values in (row, col, ch)."""
+    h, w = image.shape[0] // p, image.shape[1] // p
+    return image.reshape(h, p, w, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, p * p * 3)
+
+
+def unpatchify(tokens: np.ndarray, p: int, h: int, w: int) -> np.ndarray:
+    """(h·w, p·p·3) → (h·p, w·p, 3): inverse of :func:`patchify`."""
+    return tokens.reshape(h, w, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * p, w * p, 3)
+
+
+def _random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params with a numpy generator → (top, left, h, w)."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return _centre_box(height, width)
+
+
+def _centre_box(height: int, width: int) -> tuple[int, int, int, int]:
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+class ImagePlugin(ModalityPlugin):
+    name = "image"
+    Config = ImageConfig
+    extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+    reference = "MAE (He et al. 2022)"
+    config: ImageConfig
+
+    @property
+    def grid(self) -> int:
+        return self.config.img_size // self.config.patch_size
+
+    @property
+    def token_shape(self) -> tuple[int, int, int]:
+        return self.grid**2, self.config.patch_size**2 * 3, 2
+
+    def decode(self, data: bytes, path: str) -> np.ndarray:
+        """Bytes → (H, W, 3) uint8 RGB, EXIF orientation applied."""
+        if len(data) == 0:
+            raise BadInputError("empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                width, height = image.size
+                if width * height > self.config.max_pixels:
+                    raise BadInputError(
+                        f"oversized: {width}x{height} = {width * height} pixels "
+                        f"> max_pixels {self.config.max_pixels}"
+                    )
+                image.load()
+        except BadInputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise BadInputError(f"oversized: {err}") from err
+        except UnidentifiedImageError as err:
+            raise BadInputError("not a recognised image format") from err
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise BadInputError(f"corrupt or truncated image: {err}") from err
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth: scale to 8 bits
+            arr = np.asarray(image, dtype=np.float32)
+            span = max(float(arr.max() - arr.min()), 1e-6)
+            image = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+        arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        if min(arr.shape[:2]) < 1:
+            raise BadInputError(f"mis-shaped: image of size {arr.shape[1]}x{arr.shape[0]}")
+        return arr
+
+    def view(self, array: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """The (S, S, 3) uint8 crop the tokens come from: random-resized crop + flip in
+        training (rng given), a centre crop otherwise."""
+        cfg = self.config
+        height, width = array.shape[:2]
+        if rng is not None and cfg.random_crop:
+            top, left, h, w = _random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
+        else:
+            top, left, h, w = _centre_box(height, width)
+        crop = Image.fromarray(array[top : top + h, left : left + w])
+        out = np.asarray(crop.resize((cfg.img_size, cfg.img_size), Image.BICUBIC))
+        if rng is not None and cfg.hflip and rng.random() < 0.5:
+            out = out[:, ::-1]
+        return out
+
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+        cfg = self.config
+        pixels = (self.view(array, rng).astype(np.float32) / 255.0 - cfg.mean) / cfg.std
+        g = self.grid
+        rows, cols = np.divmod(np.arange(g * g), g)
+        return TokenStream(
+            values=patchify(pixels.astype(np.float32), cfg.patch_size),
+            coords=np.stack([rows, cols], axis=1),
+            unit=np.arange(g * g),
+            valid=np.ones(g * g, dtype=bool),
+        )
+
+    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mse(pred, values, mask, norm_pix=self.config.norm_pix_loss)
+
+    def to_pixels(self, values: np.ndarray) -> np.ndarray:
+        """Token values (N, D) → (S, S, 3) uint8 image."""
+        cfg = self.config
+        image = unpatchify(values, cfg.patch_size, self.grid, self.grid) * cfg.std + cfg.mean
+        return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+    def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
+        """original | masked input | reconstruction | reconstruction with visible patches pasted."""
+        values = stream.values
+        if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
+            mean = values.mean(axis=-1, keepdims=True)
+            std = np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
+            pred = pred * std + mean
+        vis = stream.visible[:, None]
+        grey = np.broadcast_to(((0.5 - np.tile(self.config.mean, self.config.patch_size**2))
+                                / np.tile(self.config.std, self.config.patch_size**2)), values.shape)
+        panels = [values, np.where(vis, values, grey), pred, np.where(vis, values, pred)]
+        gap = np.full((self.config.img_size, 4, 3), 255, dtype=np.uint8)
+        images = [self.to_pixels(p.astype(np.float32)) for p in panels]
+        return np.concatenate([images[0], gap, images[1], gap, images[2], gap, images[3]], axis=1)
+

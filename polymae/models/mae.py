@@ -1,0 +1,172 @@
+"""The PolyMAE model: one masked autoencoder over any set of modalities.
+
+    per modality: embed(values) + position(coords) + modality embedding
+    ──▶ concat all modalities ──▶ keep visible tokens ──▶ encoder (timm Blocks)
+    ──▶ decoder: mask tokens back in place, decoder positions ──▶ per-modality heads
+    ──▶ per-modality losses on masked, valid tokens
+
+A single-modality MAE (image, video, audio...) is the one-modality case. The method names
+mirror facebookresearch/mae: ``forward_encoder``, ``forward_decoder``, ``forward_loss``.
+Batches are dicts of tensors keyed ``"<modality>.<field>"`` (see polymae.tokenizer.stream).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from polymae.modalities.base import ModalityPlugin
+from polymae.models.presets import ModelConfig
+from polymae.tokenizer.stream import column
+
+Batch = dict[str, torch.Tensor]
+
+
+def _blocks(width: int, depth: int, heads: int, cfg: ModelConfig) -> nn.ModuleList:
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.ModuleList(
+        Block(width, heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm, drop_path=cfg.drop_path)
+        for _ in range(depth)
+    )
+
+
+def _run(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    for block in blocks:
+        x = block(x, attn_mask=attn_mask)
+    return x
+
+
+class PolyMAE(nn.Module):
+    def __init__(self, plugins: dict[str, ModalityPlugin], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.plugins = plugins
+        self.modalities = sorted(plugins)
+        self.cfg = cfg
+        w, dw = cfg.width, cfg.decoder_width
+        # encoder
+        self.embed = nn.ModuleDict({m: plugins[m].build_embed(w) for m in self.modalities})
+        self.position = nn.ModuleDict({m: plugins[m].build_position(w) for m in self.modalities})
+        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, w)) for m in self.modalities})
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, w))
+        self.blocks = _blocks(w, cfg.depth, cfg.heads, cfg)
+        self.norm = nn.LayerNorm(w, eps=1e-6)
+        # decoder
+        self.decoder_embed = nn.Linear(w, dw)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
+        self.decoder_position = nn.ModuleDict({m: plugins[m].build_position(dw) for m in self.modalities})
+        self.decoder_modality_embed = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(1, 1, dw)) for m in self.modalities}
+        )
+        self.decoder_blocks = _blocks(dw, cfg.decoder_depth, cfg.decoder_heads, cfg)
+        self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
+        self.heads = nn.ModuleDict({m: plugins[m].build_head(dw) for m in self.modalities})
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """MAE's init: xavier-uniform linears, unit LayerNorms, N(0, 0.02) tokens."""
+        for p in [self.cls_token, self.mask_token, *self.modality_embed.values(),
+                  *self.decoder_modality_embed.values()]:
+            nn.init.normal_(p, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _cat(self, batch: Batch, field: str) -> torch.Tensor:
+        return torch.cat([batch[column(m, field)] for m in self.modalities], dim=1)
+
+    def _split(self, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        sizes = [batch[column(m, "valid")].shape[1] for m in self.modalities]
+        return dict(zip(self.modalities, torch.split(x, sizes, dim=1), strict=True))
+
+    # --- the method --------------------------------------------------------------------------
+    def forward_encoder(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode visible tokens only.
+
+        Returns latent (B, 1+K, W) with the cls token first, ids_restore (B, N_total) that
+        undoes the visible-first shuffle, and keep (B, K) bool: which of the K slots hold a
+        visible token (K = the most visible tokens of any sample in the batch; samples with
+        fewer are padded and the padding is masked out of attention).
+        """
+        tokens = torch.cat(
+            [
+                self.embed[m](batch[column(m, "values")])
+                + self.position[m](batch[column(m, "coords")])
+                + self.modality_embed[m]
+                for m in self.modalities
+            ],
+            dim=1,
+        )
+        visible = self._cat(batch, "visible") & self._cat(batch, "valid")
+        counts = visible.sum(dim=1)
+        k = int(counts.max())
+        ids_shuffle = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # visible first
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :k]
+        x = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        keep = torch.arange(k, device=x.device)[None] < counts[:, None]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        attn_mask = None
+        if not bool(keep.all()):
+            with_cls = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+            attn_mask = with_cls[:, None, None, :]
+        x = self.norm(_run(self.blocks, x, attn_mask))
+        return x, ids_restore, keep
+
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, keep: torch.Tensor, batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """Put mask tokens where tokens were hidden and predict every token's values.
+
+        Returns per modality pred (B, N_m, D_m).
+        """
+        x = self.decoder_embed(latent)
+        cls, x = x[:, :1], x[:, 1:]
+        b, n_total = ids_restore.shape
+        mask_tokens = self.mask_token.expand(b, n_total - x.shape[1], -1)
+        x = torch.where(keep[..., None], x, self.mask_token)  # padding slots become mask tokens
+        x = torch.cat([x, mask_tokens], dim=1)
+        x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))  # unshuffle
+        x = x + torch.cat(
+            [
+                self.decoder_position[m](batch[column(m, "coords")]) + self.decoder_modality_embed[m]
+                for m in self.modalities
+            ],
+            dim=1,
+        )
+        x = torch.cat([cls, x], dim=1)
+        valid = self._cat(batch, "valid")
+        attn_mask = None
+        if not bool(valid.all()):
+            attn_mask = torch.cat([valid.new_ones(b, 1), valid], dim=1)[:, None, None, :]
+        x = self.decoder_norm(_run(self.decoder_blocks, x, attn_mask))[:, 1:]
+        return {m: self.heads[m](part) for m, part in self._split(x, batch).items()}
+
+    def forward_loss(self, batch: Batch, preds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-modality loss on tokens hidden from the encoder (and valid)."""
+        losses = {}
+        for m in self.modalities:
+            mask = ~batch[column(m, "visible")] & batch[column(m, "valid")]
+            losses[m] = self.plugins[m].loss(preds[m], batch[column(m, "values")], mask)
+        return losses
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """→ (total loss, per-modality losses, per-modality predictions)."""
+        latent, ids_restore, keep = self.forward_encoder(batch)
+        preds = self.forward_decoder(latent, ids_restore, keep, batch)
+        losses = self.forward_loss(batch, preds)
+        return sum(losses.values()), losses, preds
+
+    @torch.no_grad()
+    def embed_batch(self, batch: Batch) -> torch.Tensor:
+        """Encoder embedding per sample (B, W): the normalised cls token."""
+        latent, _, _ = self.forward_encoder(batch)
+        return latent[:, 0]

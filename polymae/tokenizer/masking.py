@@ -1,0 +1,162 @@
+"""Mask policies: which tokens of a (multi-modality) sample the encoder sees.
+
+Strategies sit side by side in one registry; each takes one modality's token stream and
+returns its ``visible`` flags. :class:`MaskPolicy` applies a strategy per modality to a
+whole sample (a dict of modalities), so a cross-modal budget can later split one visible
+budget across modalities without changing any caller.
+
+Masks are made in the data pipeline and seeded by (run seed, sample id, epoch), so a mask
+is the same whichever Ray worker makes it and a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from polymae.tokenizer.stream import TokenStream
+
+Strategy = Callable[[TokenStream, "MaskSpec", np.random.Generator], np.ndarray]
+_STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
+    """Decorator: make a mask strategy available to pipeline specs under ``name``."""
+
+    def add(fn: Strategy) -> Strategy:
+        _STRATEGIES[name] = fn
+        return fn
+
+    return add
+
+
+def available_strategies() -> list[str]:
+    return sorted(_STRATEGIES)
+
+
+class MaskSpec(BaseModel):
+    """How one modality is masked. ``ratio`` is the fraction of units hidden from the encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = "random"
+    ratio: float = Field(0.75, ge=0.0, lt=1.0)
+    # block (BEiT): smallest block in units, aspect-ratio range of each block
+    min_block: int = Field(4, ge=1)
+    max_aspect: float = Field(3.0, ge=1.0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in _STRATEGIES:
+            raise ValueError(
+                f"unknown mask strategy {value!r}; allowed: {', '.join(available_strategies())}"
+            )
+        return value
+
+
+def num_visible(num_units: int, ratio: float) -> int:
+    """⌊N·(1−ratio)⌋ as MAE's ``int(L * (1 - mask_ratio))``; the epsilon absorbs float error."""
+    return int(np.floor(num_units * (1.0 - ratio) + 1e-9))
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def sample_rng(seed: int, sample_id: str, epoch: int, purpose: str) -> np.random.Generator:
+    """A generator fixed by (run seed, sample id, epoch, purpose), independent of the worker.
+
+    ``purpose`` separates streams (``"mask"``, ``"augment"``) so that changing one never shifts
+    the other.
+    """
+    key = [int(seed), _stable_int(sample_id), int(epoch), _stable_int(purpose)]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+@register_strategy("random")
+def random_units(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """MAE: keep exactly ⌊U·(1−ratio)⌋ of the U valid units, chosen by argsort of uniform noise.
+
+    Tokens that share a unit (a tube, a band group) are kept or hidden together.
+    """
+    units = np.unique(stream.unit[stream.valid])
+    keep = units[np.argsort(rng.random(len(units)), kind="stable")[: num_visible(len(units), spec.ratio)]]
+    return np.isin(stream.unit, keep) & stream.valid
+
+
+def _grid_yx(stream: TokenStream) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The (y, x) grid cell of every token, from the last two coordinate columns."""
+    yx = np.rint(stream.coords[:, -2:]).astype(np.int64)
+    return yx[:, 0], yx[:, 1], int(yx[:, 0].max()) + 1, int(yx[:, 1].max()) + 1
+
+
+@register_strategy("block")
+def blockwise(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """BEiT blockwise masking on the (y, x) grid, then topped up to the exact count.
+
+    Rectangles of random area (≥ ``min_block`` cells) and aspect ratio in
+    [1/max_aspect, max_aspect] are hidden until ⌊HW·ratio⌋-ish cells are masked. BEiT stops
+    early when no rectangle fits; we top up with random cells instead, so every sample keeps
+    exactly ⌊HW·(1−ratio)⌋ visible cells, as ``random`` does (the encoder then needs no padding).
+    Tokens stacked on one cell (video time slices) share its fate.
+    """
+    ys, xs, height, width = _grid_yx(stream)
+    cells = height * width
+    target = cells - num_visible(cells, spec.ratio)
+    masked = np.zeros((height, width), dtype=bool)
+    log_aspect = np.log(spec.max_aspect)
+    while masked.sum() < target:
+        budget = target - int(masked.sum())
+        placed = False
+        for _ in range(10):
+            area = rng.uniform(min(spec.min_block, budget), budget)
+            aspect = np.exp(rng.uniform(-log_aspect, log_aspect))
+            h = int(round(np.sqrt(area * aspect)))
+            w = int(round(np.sqrt(area / aspect)))
+            if not (0 < h < height and 0 < w < width):
+                continue
+            top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+            new = int((~masked[top : top + h, left : left + w]).sum())
+            if 0 < new <= budget:
+                masked[top : top + h, left : left + w] = True
+                placed = True
+                break
+        if not placed:
+            break
+    shortfall = target - int(masked.sum())
+    if shortfall > 0:
+        free = np.flatnonzero(~masked.ravel())
+        masked.ravel()[rng.choice(free, size=shortfall, replace=False)] = True
+    return ~masked[ys, xs] & stream.valid
+
+
+class MaskPolicy:
+    """Marks ``visible`` on every modality of a sample, one strategy per modality."""
+
+    def __init__(self, specs: dict[str, MaskSpec], seed: int = 0) -> None:
+        self.specs = specs
+        self.seed = seed
+
+    def __call__(
+        self, sample: dict[str, TokenStream], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Visible flags per modality. Modalities are masked independently (SatMAE, CAV-MAE)."""
+        out: dict[str, np.ndarray] = {}
+        for name in sorted(sample):  # sorted: the draw order is fixed, so masks are reproducible
+            spec = self.specs.get(name, MaskSpec())
+            out[name] = _STRATEGIES[spec.strategy](sample[name], spec, rng)
+        return out
+
+    def apply(self, sample: dict[str, TokenStream], sample_id: str, epoch: int) -> None:
+        """Set ``visible`` in place with the generator of (seed, sample id, epoch)."""
+        rng = sample_rng(self.seed, sample_id, epoch, "mask")
+        for name, visible in self(sample, rng).items():
+            sample[name].visible = visible
+
+    def describe(self) -> dict[str, Any]:
+        return {name: spec.model_dump() for name, spec in self.specs.items()}
