@@ -1,0 +1,71 @@
+"""Checkpoints: plain tensors and JSON, loaded with ``weights_only=True`` (no pickled code).
+
+A checkpoint folder holds ``model.pt`` (state dict), ``optimizer.pt``, ``state.json``
+(``{"step": n}``) and ``spec.yaml`` (the resolved pipeline spec that built the model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from polymae.modalities.registry import make_plugin
+from polymae.models.mae import PolyMAE
+from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+
+
+def build_model(spec: PipelineSpec) -> PolyMAE:
+    """The model a spec describes, initialised from the run seed (same on every worker)."""
+    torch.manual_seed(spec.seed)
+    plugins = {s.modality: make_plugin(s.modality, s.config) for s in spec.sources}
+    return PolyMAE(plugins, spec.model.resolved())
+
+
+def save_checkpoint(
+    folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+    step: int, spec: PipelineSpec,
+) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    (folder / "state.json").write_text(json.dumps({"step": step}))
+    (folder / "spec.yaml").write_text(spec_to_yaml(spec))
+
+
+def checkpoint_step(folder: str | Path) -> int:
+    return int(json.loads((Path(folder) / "state.json").read_text())["step"])
+
+
+def load_weights(folder: str | Path, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Load model (and optimizer) state in place; returns the checkpoint's step."""
+    folder = Path(folder)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    if optimizer is not None and (folder / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    return checkpoint_step(folder)
+
+
+def load_model(folder: str | Path) -> tuple[PolyMAE, PipelineSpec]:
+    """A trained model and its spec from a checkpoint folder."""
+    spec = PipelineSpec.model_validate(yaml.safe_load((Path(folder) / "spec.yaml").read_text()))
+    model = build_model(spec)
+    load_weights(folder, model)
+    return model.eval(), spec
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint with the highest step anywhere below ``root`` (Ray Train's storage)."""
+    best: tuple[int, Path] | None = None
+    for dirpath, _, names in os.walk(root):
+        if "state.json" in names and "model.pt" in names:
+            step = checkpoint_step(dirpath)
+            if best is None or step > best[0]:
+                best = (step, Path(dirpath))
+    return best[1] if best else None

@@ -1,0 +1,114 @@
+"""The Ray Train loop: one function every TorchTrainer worker runs.
+
+Each worker builds the same model from the spec (same seed), wraps it for DDP, reads its
+shard of the token stream (masks already made by the data pipeline: the step only gathers),
+and steps AdamW with MAE's warmup + half-cycle cosine schedule. Rank 0 logs to MLflow and
+prints a progress line; every ``checkpoint_every`` steps all ranks report and rank 0 saves.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from timm.optim import param_groups_weight_decay
+
+from polymae.orchestration.checkpoint import build_model, load_weights, save_checkpoint
+from polymae.orchestration.precision import autocast, autocast_dtype
+from polymae.orchestration.tracking import MetricLogger
+from polymae.pipelines.spec import PipelineSpec, TrainSpec
+
+
+def learning_rate(step: int, train: TrainSpec) -> float:
+    """MAE's schedule per step: linear warmup, then half-cycle cosine down to 0."""
+    base = train.learning_rate
+    if step < train.warmup_steps:
+        return base * (step + 1) / train.warmup_steps
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
+    """AdamW, no weight decay on biases, norms and tokens (timm's grouping, as MAE)."""
+    groups = param_groups_weight_decay(model, train.weight_decay)
+    return torch.optim.AdamW(groups, lr=train.learning_rate, betas=train.betas)
+
+
+def _report(step: int, metrics: dict[str, float], model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, spec: PipelineSpec, rank: int) -> None:
+    """All ranks call report (it is a barrier); rank 0 attaches the checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(tmp, getattr(model, "module", model), optimizer, step, spec)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    spec = PipelineSpec.model_validate(config["spec"])
+    train = spec.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+
+    model = build_model(spec)
+    optimizer = make_optimizer(model, train)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restores this run
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            step = load_weights(folder, model, optimizer)
+    elif config.get("resume_from"):
+        step = load_weights(config["resume_from"], model, optimizer)
+    if step != config["start_step"]:
+        raise RuntimeError(f"checkpoint is at step {step} but the data stream starts at "
+                           f"step {config['start_step']}")
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    dtype = autocast_dtype(train.precision, device)
+    logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+
+    per_worker = train.batch_size // world
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device)
+    tic, seen = time.perf_counter(), 0
+    model.train()
+    for batch in batches:
+        if step >= train.steps:
+            break
+        lr = learning_rate(step, train)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = {k: v for k, v in batch.items() if "." in k}  # token columns only
+        with autocast(device, dtype):
+            loss, losses, _ = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        seen += per_worker * world
+        if step % train.log_every == 0 or step == train.steps:
+            mean_loss = loss.detach().float()
+            if world > 1:
+                torch.distributed.all_reduce(mean_loss)
+                mean_loss /= world
+            rate = seen / (time.perf_counter() - tic)
+            if logger is not None:
+                metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate}
+                metrics.update({f"train/loss_{m}": v.item() for m, v in losses.items()})
+                logger.log(metrics, step)
+                print(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
+                      f"lr {lr:.2e}  {rate:.1f} samples/s", flush=True)
+            tic, seen = time.perf_counter(), 0
+        if step % train.checkpoint_every == 0 or step == train.steps:
+            _report(step, {"loss": loss.item()}, model, optimizer, spec, rank)
+    if step < train.steps:
+        raise RuntimeError(f"the data stream ran out at step {step} of {train.steps}")
+    if logger is not None and logger.failures:
+        print(f"[polymae] warning: {logger.failures} MLflow metric writes failed", flush=True)

@@ -1,0 +1,248 @@
+"""The pipeline spec: YAML → one validated pydantic model, defaults merged with overrides.
+
+Every error names the field, the value given and what is allowed, and is raised before any
+work starts (:class:`SpecError`). The resolved spec is saved with each run.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from polymae.modalities.registry import available_modalities, get_plugin_class
+from polymae.models.presets import PRESETS, ModelConfig
+from polymae.tokenizer.masking import MaskSpec
+
+
+class SpecError(ValueError):
+    """A bad pipeline spec. ``problems`` holds one line per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid pipeline spec:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    modality: str
+    paths: list[str] = Field(min_length=1, description="files, folders (searched recursively) or globs")
+    config: dict[str, Any] = Field(default_factory=dict, description="plugin settings over its defaults")
+
+    @field_validator("modality")
+    @classmethod
+    def _known_modality(cls, value: str) -> str:
+        if value not in available_modalities():
+            raise ValueError(f"unknown modality {value!r}; allowed: {', '.join(available_modalities())}")
+        return value
+
+
+class TokenizerSpec(_Strict):
+    mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per modality; default random 0.75")
+
+
+class ModelSpec(_Strict):
+    preset: Literal["tiny", "small", "base", "large"] = "base"
+    overrides: dict[str, Any] = Field(default_factory=dict, description="fields of the preset to change")
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(ModelConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown model fields {unknown}; allowed: {', '.join(ModelConfig.model_fields)}")
+        return value
+
+    def resolved(self) -> ModelConfig:
+        return ModelConfig(**{**PRESETS[self.preset].model_dump(), **self.overrides})
+
+
+class TrainSpec(_Strict):
+    steps: int = Field(200, gt=0)
+    batch_size: int = Field(64, gt=0, description="global batch, split across workers")
+    lr: float | None = Field(None, gt=0, description="absolute learning rate; default blr·batch/256")
+    blr: float = Field(1.5e-4, gt=0, description="MAE's base learning rate")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(20, ge=0)
+    workers: int = Field(1, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0)
+    resume_from: str | None = Field(None, description="a checkpoint folder to continue from")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainSpec:
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of workers {self.workers}")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlflow.db here")
+    experiment: str = "polymae"
+    registered_model: str | None = Field(None, description="default: the spec's name")
+    run_name: str | None = Field(None, description="same name again = continue that run")
+
+
+class OutputSpec(_Strict):
+    dir: str = "runs"
+    token_shards: bool = Field(False, description="also write the first epoch's tokens as Parquet")
+
+
+class RuntimeSpec(_Strict):
+    address: str | None = Field(None, description="Ray address; default: an embedded local Ray")
+    num_cpus: int | None = Field(None, gt=0, description="logical CPUs of the embedded Ray")
+    object_store_memory: int = Field(1 << 30, gt=0)
+
+
+class PipelineSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    sources: list[SourceSpec] = Field(min_length=1, max_length=1)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    outputs: OutputSpec = Field(default_factory=OutputSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @property
+    def modalities(self) -> list[str]:
+        return [s.modality for s in self.sources]
+
+    def mask_specs(self) -> dict[str, MaskSpec]:
+        return {m: self.tokenizer.mask.get(m, MaskSpec()) for m in self.modalities}
+
+
+# --- loading -----------------------------------------------------------------------------
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``a.b.0.c=value`` (value parsed as YAML) set into nested dicts/lists, in place."""
+    if "=" not in assignment:
+        raise SpecError([f"--set {assignment!r}: expected key.sub=value"])
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+    value = yaml.safe_load(raw)
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def _format(err: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc} = {e.get('input')!r}: {msg}")
+    return lines
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> str:
+    """For an unknown field: the fields allowed where it stands."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return ""
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return ""
+        model = candidates[0]
+    return ", ".join(model.model_fields)
+
+
+def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
+    """Make source paths absolute (relative ones are relative to the spec file) and check
+    that each names something that exists."""
+    problems = []
+    for i, source in enumerate(spec.sources):
+        resolved = []
+        for j, path in enumerate(source.paths):
+            full = path if os.path.isabs(path) else str((base_dir / path).resolve())
+            if not (os.path.exists(full) or glob.glob(full)):
+                problems.append(f"sources.{i}.paths.{j} = {path!r}: no such file, folder or glob match")
+            resolved.append(full)
+        source.paths = resolved
+    if problems:
+        raise SpecError(problems)
+
+
+def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec:
+    """Validate a spec dict (with plugin configs) and resolve its paths."""
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e, line in zip(err.errors(), _format(err), strict=True):
+            if e["type"] == "extra_forbidden":
+                allowed = _allowed_fields(PipelineSpec, e["loc"])
+                line += f"; allowed: {allowed}" if allowed else ""
+            problems.append(line)
+        raise SpecError(problems) from None
+    problems = []
+    for i, source in enumerate(spec.sources):
+        config_cls = get_plugin_class(source.modality).Config
+        try:
+            config_cls(**source.config)
+        except ValidationError as err:
+            lines = _format(err, prefix=f"sources.{i}.config.")
+            problems += [ln + (f"; allowed: {', '.join(config_cls.model_fields)}" if "unknown field" in ln else "")
+                         for ln in lines]
+    unknown = sorted(set(spec.tokenizer.mask) - set(spec.modalities))
+    if unknown:
+        problems.append(f"tokenizer.mask: {unknown} not among the sources' modalities; allowed: "
+                        f"{', '.join(spec.modalities)}")
+    if problems:
+        raise SpecError(problems)
+    resolve_paths(spec, Path(base_dir))
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:
+    """Read a YAML spec, apply ``--set`` overrides, validate. Raises SpecError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"spec file {str(path)!r} does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError([f"{path}: not valid YAML: {err}"]) from None
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: the top level must be a mapping of fields"])
+    data = copy.deepcopy(data)
+    for assignment in overrides or []:
+        try:
+            apply_override(data, assignment)
+        except (IndexError, ValueError, TypeError, AttributeError) as err:
+            raise SpecError([f"--set {assignment!r}: {err}"]) from None
+    return parse_spec(data, base_dir=path.parent.resolve())
+
+
+def spec_to_yaml(spec: PipelineSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
