@@ -1,0 +1,94 @@
+import numpy as np
+import torch
+
+from polymae.modalities import make_plugin
+from polymae.models import PolyMAE, resolve_model_config
+from polymae.models.losses import masked_mse
+from polymae.models.pos_embed import sincos_nd
+from polymae.tokenizer import MaskPolicy, MaskSpec, streams_to_columns
+
+
+def test_loss_is_hand_computed_norm_pix_mse_over_masked_tokens_only():
+    values = torch.tensor([[[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 5.0, 9.0]]])
+    pred = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, -1.0], [9.0, 9.0, 9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])
+    # by hand: per token, mean 3 and unbiased var (4+1+0+9)/3 = 14/3
+    t0 = (np.array([1, 2, 3, 6]) - 3) / np.sqrt(14 / 3 + 1e-6)
+    t1 = (np.array([0, 0, 1, 1]) - 0.5) / np.sqrt(1 / 3 + 1e-6)
+    expected = (np.mean((0 - t0) ** 2) + np.mean((np.array([1, -1, 1, -1]) - t1) ** 2)) / 2
+    assert np.isclose(float(masked_mse(pred, values, mask)), expected, rtol=1e-6)
+    # the visible token does not count at all
+    pred2 = pred.clone()
+    pred2[0, 2] = -100.0
+    assert float(masked_mse(pred2, values, mask)) == float(masked_mse(pred, values, mask))
+    # without norm-pix the target is the raw values
+    raw = ((pred[0, :2] - values[0, :2]) ** 2).mean(-1).mean()
+    assert np.isclose(float(masked_mse(pred, values, mask, norm_pix=False)), float(raw))
+
+
+def test_sincos_matches_closed_form_and_mae_table():
+    width = 16
+    coords = torch.tensor([[3.0, 5.0]])
+    got = sincos_nd(coords, width)[0].numpy()
+    d = width // 2
+    omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2))
+    expect = np.concatenate([np.sin(3 * omega), np.cos(3 * omega), np.sin(5 * omega), np.cos(5 * omega)])
+    assert np.allclose(got, expect, atol=1e-6)
+    # MAE's get_2d_sincos_pos_embed(16, grid 14) row for (y=3, x=5) is [emb(x) | emb(y)]
+    mae_row = np.concatenate([expect[d:], expect[:d]])
+    assert np.allclose(np.concatenate([got[d:], got[:d]]), mae_row)
+
+
+def _batch(n: int = 3, ratio: float = 0.75, seed: int = 0):
+    plugin = make_plugin("image", {"img_size": 64})
+    rng = np.random.default_rng(seed)
+    streams = []
+    policy = MaskPolicy({"image": MaskSpec(ratio=ratio)})
+    for i in range(n):
+        s = {"image": plugin.tokenize((rng.random((80, 90, 3)) * 255).astype(np.uint8), rng)}
+        policy.apply(s, str(i), 0)
+        streams.append(s["image"])
+    return plugin, {k: torch.as_tensor(v) for k, v in streams_to_columns("image", streams).items()}
+
+
+def _model(plugin):
+    torch.manual_seed(0)
+    return PolyMAE({"image": plugin}, resolve_model_config("tiny", {"depth": 2})).eval()
+
+
+def test_encoder_sees_visible_tokens_only():
+    plugin, batch = _batch()
+    model = _model(plugin)
+    latent, ids_restore, keep = model.forward_encoder(batch)
+    assert latent.shape == (3, 1 + 4, 192)  # 16 tokens at 64², 4 visible
+    changed = dict(batch)
+    changed["image.values"] = batch["image.values"].clone()
+    changed["image.values"][~batch["image.visible"]] = 99.0
+    assert torch.allclose(model.forward_encoder(changed)[0], latent)
+
+
+def test_padded_batch_equals_samples_run_alone():
+    """Samples with fewer visible tokens are padded and masked out of attention exactly."""
+    plugin, batch = _batch(n=2)
+    batch["image.visible"][1, torch.nonzero(batch["image.visible"][1])[0]] = False  # 3 visible, not 4
+    model = _model(plugin)
+    with torch.no_grad():
+        _, losses, preds = model(batch)
+        for i in range(2):
+            alone = {k: v[i : i + 1] for k, v in batch.items()}
+            _, _, pred_alone = model(alone)
+            assert torch.allclose(pred_alone["image"][0], preds["image"][i], atol=1e-5)
+
+
+def test_loss_falls_when_training_on_one_batch():
+    plugin, batch = _batch(n=4)
+    model = _model(plugin).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(30):
+        loss, _, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.7 * first

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from polymae.pipelines.spec import SpecError, apply_override, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec(**over):
+    data = {"name": "t", "sources": [{"modality": "image", "paths": [str(ROOT / "examples/data/images")]}]}
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize(
+    "data, field, allowed",
+    [
+        (_spec(sources=[{"modality": "imgae", "paths": ["."]}]), "sources.0.modality", "image"),
+        (_spec(train={"precision": "fp16"}), "train.precision", "'bf16'"),
+        (_spec(train={"stepz": 3}), "train.stepz", "steps"),
+        (_spec(model={"preset": "huge"}), "model.preset", "'tiny'"),
+        (_spec(tokenizer={"mask": {"image": {"strategy": "tube"}}}), "tokenizer.mask.image.strategy", "random"),
+        (_spec(sources=[{"modality": "image", "paths": ["."], "config": {"patchsize": 8}}]),
+         "sources.0.config.patchsize", "patch_size"),
+        (_spec(sources=[{"modality": "image", "paths": ["/no/such/dir"]}]), "sources.0.paths.0", "no such"),
+        (_spec(train={"batch_size": 5, "workers": 2}), "train", "multiple of workers"),
+    ],
+)
+def test_bad_spec_names_field_and_allowed_values(data, field, allowed):
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    message = str(info.value)
+    assert field in message and allowed in message, message
+
+
+def test_overrides_and_relative_paths(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    (tmp_path / "imgs").mkdir()
+    spec_file.write_text(yaml.safe_dump({"name": "t", "sources": [{"modality": "image", "paths": ["imgs"]}]}))
+    spec = load_spec(spec_file, ["train.steps=7", "model.preset=tiny", "sources.0.config.img_size=64"])
+    assert spec.train.steps == 7 and spec.model.preset == "tiny"
+    assert spec.sources[0].config == {"img_size": 64}
+    assert spec.sources[0].paths == [str(tmp_path / "imgs")]
+    data = {"a": [{"b": 1}]}
+    apply_override(data, "a.0.b=[1, 2]")
+    assert data == {"a": [{"b": [1, 2]}]}
+
+
+def test_default_learning_rate_follows_mae_scaling():
+    spec = parse_spec(_spec(train={"batch_size": 512}))
+    assert spec.train.learning_rate == pytest.approx(1.5e-4 * 2)
+
+
+def test_cli_rejects_bad_spec_before_starting(tmp_path):
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(train={"precision": "fp16"})))
+    proc = subprocess.run([sys.executable, "-m", "polymae.cli", "run", str(spec_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.precision" in proc.stderr and "'bf16'" in proc.stderr
+    assert "ray" not in proc.stdout.lower()  # nothing started
+
+
+def test_example_spec_is_valid():
+    spec = load_spec(ROOT / "examples/image_mae.yaml")
+    assert spec.modalities == ["image"]
