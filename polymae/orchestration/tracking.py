@@ -102,7 +102,7 @@ class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.spec = load_model(context.artifacts["checkpoint"])
 
-    def predict(self, context: Any, model_input: dict[str, np.ndarray], params: dict | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads the hints)
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
         return self.model.embed_batch(batch).numpy()
 

@@ -158,7 +158,8 @@ def tokenize_batch(
     for i, (sid, path, epoch) in enumerate(zip(batch["sample_id"], batch["path"], batch["epoch"], strict=True)):
         try:
             data = read_bytes(str(path), plugin)
-            streams.append(tokenize_sample(plugin, policy, data, str(path), str(sid), int(epoch), seed, train)[modality])
+            sample = tokenize_sample(plugin, policy, data, str(path), str(sid), int(epoch), seed, train)
+            streams.append(sample[modality])
             kept.append(i)
         except BadInputError:
             continue
