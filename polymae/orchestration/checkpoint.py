@@ -42,14 +42,18 @@ def checkpoint_step(folder: str | Path) -> int:
     return int(json.loads((Path(folder) / "state.json").read_text())["step"])
 
 
-def load_weights(folder: str | Path, model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Load model (and optimizer) state in place; returns the checkpoint's step."""
+def load_weights(folder: str | Path, model: torch.nn.Module) -> int:
+    """Load model state in place; returns the checkpoint's step."""
     folder = Path(folder)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    if optimizer is not None and (folder / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     return checkpoint_step(folder)
+
+
+def load_optimizer_state(folder: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """Load optimizer state in place (after the model is on its device: the state follows the
+    parameters' device when loaded)."""
+    if (Path(folder) / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True))
 
 
 def load_model(folder: str | Path) -> tuple[PolyMAE, PipelineSpec]:
