@@ -46,18 +46,9 @@ def check_zero_loss_on_perfect_reconstruction(plugin: ModalityPlugin, stream: To
     mask = torch.as_tensor(~stream.visible & stream.valid)[None]
     if not bool(mask.any()):
         mask = torch.as_tensor(stream.valid)[None]
-    target = plugin_target(plugin, values)
+    target = plugin.target(values)
     assert float(plugin.loss(target, values, mask)) < 1e-6, "loss of a perfect reconstruction is not 0"
     assert float(plugin.loss(target + 1.0, values, mask)) > 0, "loss of a wrong reconstruction is 0"
-
-
-def plugin_target(plugin: ModalityPlugin, values: torch.Tensor) -> torch.Tensor:
-    """What the plugin's loss compares predictions with (norm-pix target when configured)."""
-    if getattr(plugin.config, "norm_pix_loss", False):
-        from polymae.models.losses import norm_pix_target
-
-        return norm_pix_target(values.float())
-    return values.float()
 
 
 def check_masks_respect_units(plugin: ModalityPlugin, stream: TokenStream, ratio: float = 0.75) -> None:
@@ -84,7 +75,7 @@ def check_plugin(plugin: ModalityPlugin, good: list[bytes], bad: list[bytes]) ->
         check_masks_respect_units(plugin, stream)
         stream.visible = MaskPolicy({})({plugin.name: stream}, np.random.default_rng(i))[plugin.name]
         check_zero_loss_on_perfect_reconstruction(plugin, stream)
-        picture = plugin.render(stream, plugin_target(plugin, torch.as_tensor(stream.values)).numpy())
+        picture = plugin.render(stream, plugin.target(torch.as_tensor(stream.values)).numpy())
         assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8, "render is not RGB uint8"
     for data in bad:
         check_bad_input(plugin, data)

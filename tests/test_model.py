@@ -3,7 +3,7 @@ import torch
 
 from polymae.modalities import make_plugin
 from polymae.models import PolyMAE, resolve_model_config
-from polymae.models.losses import masked_mse
+from polymae.models.losses import masked_mse, norm_pix_target
 from polymae.models.pos_embed import sincos_nd
 from polymae.tokenizer import MaskPolicy, MaskSpec, streams_to_columns
 
@@ -16,14 +16,17 @@ def test_loss_is_hand_computed_norm_pix_mse_over_masked_tokens_only():
     t0 = (np.array([1, 2, 3, 6]) - 3) / np.sqrt(14 / 3 + 1e-6)
     t1 = (np.array([0, 0, 1, 1]) - 0.5) / np.sqrt(1 / 3 + 1e-6)
     expected = (np.mean((0 - t0) ** 2) + np.mean((np.array([1, -1, 1, -1]) - t1) ** 2)) / 2
-    assert np.isclose(float(masked_mse(pred, values, mask)), expected, rtol=1e-6)
+    image = make_plugin("image")  # the image plugin's loss is exactly this
+    assert np.isclose(float(image.loss(pred, values, mask)), expected, rtol=1e-6)
+    assert np.isclose(float(masked_mse(pred, norm_pix_target(values), mask)), expected, rtol=1e-6)
     # the visible token does not count at all
     pred2 = pred.clone()
     pred2[0, 2] = -100.0
-    assert float(masked_mse(pred2, values, mask)) == float(masked_mse(pred, values, mask))
-    # without norm-pix the target is the raw values
+    assert float(image.loss(pred2, values, mask)) == float(image.loss(pred, values, mask))
+    # without norm-pix the target is the values themselves
     raw = ((pred[0, :2] - values[0, :2]) ** 2).mean(-1).mean()
-    assert np.isclose(float(masked_mse(pred, values, mask, norm_pix=False)), float(raw))
+    plain = make_plugin("image", {"norm_pix_loss": False})
+    assert np.isclose(float(plain.loss(pred, values, mask)), float(raw))
 
 
 def test_sincos_matches_closed_form_and_mae_table():

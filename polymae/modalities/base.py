@@ -84,9 +84,13 @@ class ModalityPlugin(ABC):
         """Decoder features (B, N, width) → predicted token values (B, N, D)."""
         return nn.Linear(width, self.token_shape[1])
 
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        """What a prediction is compared with, (..., D) → (..., D). Default: the values."""
+        return values.float()
+
     @abstractmethod
     def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scalar loss over the tokens where ``mask`` (B, N) is true."""
+        """Scalar loss of ``pred`` against ``target(values)`` over tokens where ``mask`` (B, N) is true."""
 
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """A picture (H, W, 3 uint8) of original, masked input and reconstruction."""

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse
+from polymae.models.losses import masked_mse, norm_pix_target
 from polymae.tokenizer.stream import TokenStream
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -147,8 +147,12 @@ class ImagePlugin(ModalityPlugin):
             valid=np.ones(g * g, dtype=bool),
         )
 
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        """Norm-pix target (MAE's default) or the plain normalised pixels."""
+        return norm_pix_target(values.float()) if self.config.norm_pix_loss else values.float()
+
     def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, values, mask, norm_pix=self.config.norm_pix_loss)
+        return masked_mse(pred, self.target(values), mask)
 
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
         """Token values (N, D) → (S, S, 3) uint8 image."""
@@ -164,8 +168,8 @@ class ImagePlugin(ModalityPlugin):
             std = np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
             pred = pred * std + mean
         vis = stream.visible[:, None]
-        grey = np.broadcast_to(((0.5 - np.tile(self.config.mean, self.config.patch_size**2))
-                                / np.tile(self.config.std, self.config.patch_size**2)), values.shape)
+        per_value = self.config.patch_size**2  # patch values are (row, col, channel) triples
+        grey = (0.5 - np.tile(self.config.mean, per_value)) / np.tile(self.config.std, per_value)
         panels = [values, np.where(vis, values, grey), pred, np.where(vis, values, pred)]
         gap = np.full((self.config.img_size, 4, 3), 255, dtype=np.uint8)
         images = [self.to_pixels(p.astype(np.float32)) for p in panels]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class RunResult:
     checkpoint: Path
     model_version: str | None
     resumed: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def evaluate(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
@@ -63,6 +62,17 @@ def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> 
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def log_eval(client: MlflowClient, run_id: str, model: torch.nn.Module, batch: dict[str, np.ndarray],
+             step: int, out_dir: Path) -> float:
+    """Eval loss on the fixed batch and its reconstruction PNG, logged at ``step``."""
+    loss, _ = evaluate(model, batch)
+    client.log_metric(run_id, "eval/loss", loss, step=step)
+    picture = out_dir / "renders" / f"step{step:06d}.png"
+    render(model, batch, picture)
+    client.log_artifact(run_id, str(picture), "renders")
+    return loss
 
 
 def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
@@ -101,10 +111,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
     model = build_model(spec)
     if resume:
         load_weights(resume, model)
-    loss, _ = evaluate(model, eval_batch)
-    client.log_metric(run_id, "eval/loss", loss, step=start_step)
-    render(model, eval_batch, out_dir / "renders" / f"step{start_step:06d}.png")
-    client.log_artifact(run_id, str(out_dir / "renders" / f"step{start_step:06d}.png"), "renders")
+    log_eval(client, run_id, model, eval_batch, start_step, out_dir)
 
     # 3. train
     train = spec.train
@@ -133,10 +140,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
 
     # 4. the end: eval loss and render of the final model, the checkpoint, the model version
     load_weights(final, model)
-    loss, _ = evaluate(model, eval_batch)
-    client.log_metric(run_id, "eval/loss", loss, step=final_step)
-    render(model, eval_batch, out_dir / "renders" / f"step{final_step:06d}.png")
-    client.log_artifact(run_id, str(out_dir / "renders" / f"step{final_step:06d}.png"), "renders")
+    loss = log_eval(client, run_id, model, eval_batch, final_step, out_dir)
     client.log_artifacts(run_id, str(final), "checkpoint")
     version = log_model(uri, run_id, str(final), spec.tracking.registered_model or spec.name)
     client.set_terminated(run_id)

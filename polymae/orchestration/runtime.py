@@ -28,7 +28,6 @@ def init_ray(spec: PipelineSpec) -> None:
         object_store_memory=spec.runtime.object_store_memory,
         include_dashboard=False,
         logging_level=logging.WARNING,
-        log_to_driver=True,
     )
 
 

@@ -8,6 +8,7 @@ prints a progress line; every ``checkpoint_every`` steps all ranks report and ra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -61,20 +62,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(spec)
     step = 0
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restores this run
-    resume_folder = None
-    if checkpoint is not None:
-        resume_folder = checkpoint.to_directory()
-    elif config.get("resume_from"):
-        resume_folder = config["resume_from"]
-    if resume_folder is not None:
-        step = load_weights(resume_folder, model)
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(checkpoint.as_directory()) if checkpoint else config.get("resume_from")
+        if folder:
+            step = load_weights(folder, model)
+        model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP
+        optimizer = make_optimizer(model, train)  # after the move: its state follows the parameters
+        if folder:
+            load_optimizer_state(folder, optimizer)
     if step != config["start_step"]:
         raise RuntimeError(f"checkpoint is at step {step} but the data stream starts at "
                            f"step {config['start_step']}")
-    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP
-    optimizer = make_optimizer(model, train)
-    if resume_folder is not None:
-        load_optimizer_state(resume_folder, optimizer)
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(train.precision, device)
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from polymae.pipelines.spec import PipelineSpec, SourceSpec
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec, sample_rng
 from polymae.tokenizer.stream import TokenStream, streams_to_columns
 
+log = logging.getLogger(__name__)
 QUARANTINE_SCHEMA = pa.schema(
     [("path", pa.string()), ("modality", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
 )
@@ -126,11 +128,13 @@ def write_quarantine(rows: list[dict[str, str]], path: str) -> None:
 def epoch_manifest(files: list[SampleFile], seed: int, start: int, count: int) -> list[dict[str, Any]]:
     """Rows ``start … start+count`` of the endless sequence of seeded epoch permutations."""
     n = len(files)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    orders: dict[int, np.ndarray] = {}
     for index in range(start, start + count):
         epoch, pos = divmod(index, n)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        f = files[order[pos]]
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        f = files[orders[epoch][pos]]
         rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": epoch})
     return rows
 
@@ -161,8 +165,8 @@ def tokenize_batch(
             sample = tokenize_sample(plugin, policy, data, str(path), str(sid), int(epoch), seed, train)
             streams.append(sample[modality])
             kept.append(i)
-        except BadInputError:
-            continue
+        except BadInputError as err:  # passed the scan, fails now: the file changed under us
+            log.warning("dropped %s (epoch %s) from the stream: %s", path, epoch, err.reason)
     out = {"sample_id": batch["sample_id"][kept], "epoch": batch["epoch"][kept].astype(np.int64)}
     if not streams:  # keep the columns (with zero rows) so the schema never changes
         n, d, c = plugin.token_shape

@@ -23,13 +23,9 @@ def norm_pix_target(values: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.Te
     return (values - mean) / (var + eps).sqrt()
 
 
-def masked_mse(
-    pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True
-) -> torch.Tensor:
-    """pred, values (B, N, D); mask (B, N) bool → scalar mean over masked tokens."""
-    target = values.float()
-    if norm_pix:
-        target = norm_pix_target(target)
-    per_token = ((pred.float() - target) ** 2).mean(dim=-1)
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pred, target (B, N, D); mask (B, N) bool → scalar mean over masked tokens of the
+    per-token MSE."""
+    per_token = ((pred.float() - target.float()) ** 2).mean(dim=-1)
     weights = mask.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
