@@ -9,6 +9,7 @@ prints a progress line; every ``checkpoint_every`` steps all ranks report and ra
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import tempfile
 import time
@@ -23,6 +24,10 @@ from polymae.orchestration.checkpoint import build_model, load_optimizer_state, 
 from polymae.orchestration.precision import autocast, autocast_dtype
 from polymae.orchestration.tracking import MetricLogger
 from polymae.pipelines.spec import PipelineSpec, TrainSpec
+
+# Ray Train routes worker logging to the driver's console once; a plain print would be teed
+# there twice (its print patch also writes to the wrapped stdout).
+log = logging.getLogger(__name__)
 
 
 def learning_rate(step: int, train: TrainSpec) -> float:
@@ -106,12 +111,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate}
                 metrics.update({f"train/loss_{m}": v.item() for m, v in losses.items()})
                 logger.log(metrics, step)
-                print(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
-                      f"lr {lr:.2e}  {rate:.1f} samples/s", flush=True)
+                log.info(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
+                         f"lr {lr:.2e}  {rate:.1f} samples/s")
             tic, seen = time.perf_counter(), 0
         if step % train.checkpoint_every == 0 or step == train.steps:
             _report(step, {"loss": loss.item()}, model, optimizer, spec, rank)
     if step < train.steps:
         raise RuntimeError(f"the data stream ran out at step {step} of {train.steps}")
     if logger is not None and logger.failures:
-        print(f"[polymae] warning: {logger.failures} MLflow metric writes failed", flush=True)
+        log.warning(f"[polymae] {logger.failures} MLflow metric writes failed")
