@@ -64,6 +64,26 @@ class ModalityPlugin(ABC):
         """Canonical array → token stream (``visible`` unset). ``rng=None``: the deterministic
         evaluation view (no augmentation)."""
 
+    def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
+        """One file → the samples it yields, in a fixed order: several clips of one decoded video,
+        the windows of a long recording. Default: one sample, ``tokenize(decode(...))``.
+
+        The number of samples must not depend on ``rng``: the scan counts them with ``rng=None``
+        and the training stream relies on that count."""
+        return [self.tokenize(self.decode(data, path), rng)]
+
+    def scan_file(self, data: bytes, path: str) -> tuple[int, dict[str, float]]:
+        """Check a file end to end (raises BadInputError) → (samples it yields, statistics).
+
+        Statistics are additive numbers (sums, counts) that the scan totals over all good files
+        with a Ray Data aggregation and hands to :meth:`with_statistics`. Default: none."""
+        return len(self.tokenize_file(data, path, None)), {}
+
+    def with_statistics(self, totals: dict[str, float]) -> dict[str, Any]:
+        """Config fields set from the dataset totals of :meth:`scan_file` statistics (e.g. the
+        spectrogram mean and std); they are merged into the source config and saved with the run."""
+        return {}
+
     @property
     @abstractmethod
     def token_shape(self) -> tuple[int, int, int]:
@@ -95,6 +115,10 @@ class ModalityPlugin(ABC):
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """A picture (H, W, 3 uint8) of original, masked input and reconstruction."""
         raise NotImplementedError(f"{self.name} has no render")
+
+    def render_frames(self, stream: TokenStream, pred: np.ndarray) -> list[np.ndarray] | None:
+        """Frames (H, W, 3 uint8) of an animation (saved as a GIF), or None: a still is enough."""
+        return None
 
     # --- description ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
