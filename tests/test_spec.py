@@ -23,7 +23,7 @@ def _spec(**over):
         (_spec(train={"precision": "fp16"}), "train.precision", "'bf16'"),
         (_spec(train={"stepz": 3}), "train.stepz", "steps"),
         (_spec(model={"preset": "huge"}), "model.preset", "'tiny'"),
-        (_spec(tokenizer={"mask": {"image": {"strategy": "tube"}}}), "tokenizer.mask.image.strategy", "random"),
+        (_spec(tokenizer={"mask": {"image": {"strategy": "spiral"}}}), "tokenizer.mask.image.strategy", "random"),
         (_spec(sources=[{"modality": "image", "paths": ["."], "config": {"patchsize": 8}}]),
          "sources.0.config.patchsize", "patch_size"),
         (_spec(sources=[{"modality": "image", "paths": ["/no/such/dir"]}]), "sources.0.paths.0", "no such"),

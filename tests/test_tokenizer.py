@@ -85,5 +85,5 @@ def test_block_masks_are_blockier_than_random():
 
 
 def test_unknown_strategy_names_allowed_values():
-    with pytest.raises(ValueError, match="allowed: block, random"):
+    with pytest.raises(ValueError, match="allowed: block, frequency, random, running_cell, time, tube"):
         MaskSpec(strategy="tube-ish")

@@ -39,6 +39,11 @@ def _run(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None)
     return x
 
 
+def loss_mask(batch: Batch, modality: str) -> torch.Tensor:
+    """(B, N) bool: the tokens whose reconstruction counts in ``modality``'s loss."""
+    return ~batch[column(modality, "visible")] & batch[column(modality, "decoded")] & batch[column(modality, "valid")]
+
+
 class PolyMAE(nn.Module):
     def __init__(self, plugins: dict[str, ModalityPlugin], cfg: ModelConfig) -> None:
         super().__init__()
@@ -142,19 +147,38 @@ class PolyMAE(nn.Module):
             ],
             dim=1,
         )
-        x = torch.cat([cls, x], dim=1)
-        valid = self._cat(batch, "valid")
-        attn_mask = None
-        if not bool(valid.all()):
-            attn_mask = torch.cat([valid.new_ones(b, 1), valid], dim=1)[:, None, None, :]
-        x = self.decoder_norm(_run(self.decoder_blocks, x, attn_mask))[:, 1:]
+        sees = (self._cat(batch, "visible") | self._cat(batch, "decoded")) & self._cat(batch, "valid")
+        x = self._decode(cls, x, sees)
         return {m: self.heads[m](part) for m, part in self._split(x, batch).items()}
 
+    def _decode(self, cls: torch.Tensor, x: torch.Tensor, sees: torch.Tensor) -> torch.Tensor:
+        """Decoder blocks over cls + the tokens where ``sees`` (B, N) is true.
+
+        x (B, N, dw) → (B, N, dw); tokens the decoder does not see (padding, and VideoMAE V2's
+        decoder-dropped tokens) come out as zeros and never reach a loss. When samples keep
+        different counts, the kept tokens are gathered first, padded and attention-masked.
+        """
+        if bool(sees.all()):
+            return self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, x], dim=1), None))[:, 1:]
+        b, n, _ = x.shape
+        counts = sees.sum(dim=1)
+        k = int(counts.max())
+        ids = torch.argsort((~sees).to(torch.int8), dim=1, stable=True)[:, :k]  # seen tokens first
+        slot = torch.arange(k, device=x.device)[None] < counts[:, None]
+        sub = torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+        attn_mask = None
+        if not bool(slot.all()):
+            attn_mask = torch.cat([slot.new_ones(b, 1), slot], dim=1)[:, None, None, :]
+        y = self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, sub], dim=1), attn_mask))[:, 1:]
+        y = y * slot[..., None].to(y.dtype)
+        return y.new_zeros(b, n, y.shape[-1]).scatter(1, ids[..., None].expand(-1, -1, y.shape[-1]), y)
+
     def forward_loss(self, batch: Batch, preds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-modality loss on tokens hidden from the encoder (and valid)."""
+        """Per-modality loss on tokens hidden from the encoder and seen by the decoder (and valid):
+        MAE's masked tokens, or VideoMAE V2's "masked for the encoder, kept for the decoder"."""
         losses = {}
         for m in self.modalities:
-            mask = ~batch[column(m, "visible")] & batch[column(m, "valid")]
+            mask = loss_mask(batch, m)
             losses[m] = self.plugins[m].loss(preds[m], batch[column(m, "values")], mask)
         return losses
 

@@ -48,11 +48,14 @@ class MaskSpec(BaseModel):
     # block (BEiT): smallest block in units, aspect-ratio range of each block
     min_block: int = Field(4, ge=1)
     max_aspect: float = Field(3.0, ge=1.0)
+    # VideoMAE V2 dual masking: which of the hidden tokens the decoder sees and reconstructs
+    decoder_strategy: str | None = Field(None, description="e.g. running_cell; None: the decoder sees all")
+    decoder_ratio: float = Field(0.5, ge=0.0, lt=1.0, description="fraction the decoder drops")
 
-    @field_validator("strategy")
+    @field_validator("strategy", "decoder_strategy")
     @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        if value not in _STRATEGIES:
+    def _known_strategy(cls, value: str | None) -> str | None:
+        if value is not None and value not in _STRATEGIES:
             raise ValueError(
                 f"unknown mask strategy {value!r}; allowed: {', '.join(available_strategies())}"
             )
@@ -135,8 +138,63 @@ def blockwise(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> 
     return ~masked[ys, xs] & stream.valid
 
 
+@register_strategy("tube")
+def tube(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """VideoMAE: one random 2D mask over the (y, x) cells, repeated over every time slice.
+
+    As VideoMAE's ``TubeMaskingGenerator``, ⌊ratio·HW⌋ cells are hidden, so HW − ⌊ratio·HW⌋
+    stay visible in each slice (20 of 196 at 90 %).
+    """
+    ys, xs, _, width = _grid_yx(stream)
+    cell = ys * width + xs
+    cells = np.unique(cell[stream.valid])
+    hidden = int(np.floor(spec.ratio * len(cells) + 1e-9))
+    keep = cells[np.argsort(rng.random(len(cells)), kind="stable")[: len(cells) - hidden]]
+    return np.isin(cell, keep) & stream.valid
+
+
+@register_strategy("running_cell")
+def running_cell(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """VideoMAE V2's running cell, usually the decoder mask: returns the tokens it keeps.
+
+    A 2×2 cell holds ⌊4·ratio⌋ dropped and the rest kept positions in a fixed queue order
+    (dropped first); the cell is tiled over the (y, x) grid and its queue rotates by one step
+    per time slice, from a random start. Time slices are coordinate column 0.
+    """
+    dropped = int(4 * spec.ratio)
+    if not 0 < dropped < 4:
+        raise ValueError(f"running_cell needs 0 < ⌊4·ratio⌋ < 4, got ratio {spec.ratio}")
+    queue = np.r_[np.ones(dropped, bool), np.zeros(4 - dropped, bool)]
+    ys, xs, _, _ = _grid_yx(stream)
+    t = np.rint(stream.coords[:, 0]).astype(np.int64)
+    start = int(rng.integers(4))
+    pointer = start + t + 1  # V2 advances the cell once before its first slice
+    position = (ys % 2) * 2 + xs % 2  # where a token sits in its 2×2 cell
+    return ~queue[(position + pointer) % 4] & stream.valid
+
+
+def _strips(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator, axis: int) -> np.ndarray:
+    """Hide whole lines of one coordinate axis; keep ⌊L·(1−ratio)⌋ of its L values."""
+    line = np.rint(stream.coords[:, axis]).astype(np.int64)
+    lines = np.unique(line[stream.valid])
+    keep = lines[np.argsort(rng.random(len(lines)), kind="stable")[: num_visible(len(lines), spec.ratio)]]
+    return np.isin(line, keep) & stream.valid
+
+
+@register_strategy("time")
+def time_strips(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """AudioMAE time masking: hide whole time steps (coordinate column 0: audio and video t)."""
+    return _strips(stream, spec, rng, axis=0)
+
+
+@register_strategy("frequency")
+def frequency_strips(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """AudioMAE frequency masking: hide whole frequency bands (the last coordinate column)."""
+    return _strips(stream, spec, rng, axis=-1)
+
+
 class MaskPolicy:
-    """Marks ``visible`` on every modality of a sample, one strategy per modality."""
+    """Marks ``visible`` (and ``decoded``) on every modality of a sample, one spec per modality."""
 
     def __init__(self, specs: dict[str, MaskSpec], seed: int = 0) -> None:
         self.specs = specs
@@ -152,11 +210,28 @@ class MaskPolicy:
             out[name] = _STRATEGIES[spec.strategy](sample[name], spec, rng)
         return out
 
+    def decoder_masks(
+        self, sample: dict[str, TokenStream], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Decoded flags per modality: the decoder strategy's kept tokens, or every valid one."""
+        out: dict[str, np.ndarray] = {}
+        for name in sorted(sample):
+            spec, stream = self.specs.get(name, MaskSpec()), sample[name]
+            if spec.decoder_strategy is None:
+                out[name] = stream.valid.copy()
+            else:
+                decoder_spec = MaskSpec(strategy=spec.decoder_strategy, ratio=spec.decoder_ratio)
+                out[name] = _STRATEGIES[spec.decoder_strategy](stream, decoder_spec, rng) & stream.valid
+        return out
+
     def apply(self, sample: dict[str, TokenStream], sample_id: str, epoch: int) -> None:
-        """Set ``visible`` in place with the generator of (seed, sample id, epoch)."""
+        """Set ``visible`` and ``decoded`` in place with generators of (seed, sample id, epoch)."""
         rng = sample_rng(self.seed, sample_id, epoch, "mask")
         for name, visible in self(sample, rng).items():
             sample[name].visible = visible
+        rng = sample_rng(self.seed, sample_id, epoch, "decoder-mask")  # own stream: never shifts the above
+        for name, decoded in self.decoder_masks(sample, rng).items():
+            sample[name].decoded = decoded
 
     def describe(self) -> dict[str, Any]:
         return {name: spec.model_dump() for name, spec in self.specs.items()}

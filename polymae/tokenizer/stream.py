@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FIELDS = ("values", "coords", "unit", "valid", "visible")
+FIELDS = ("values", "coords", "unit", "valid", "visible", "decoded")
 DTYPES = {
     "values": np.float32,
     "coords": np.float32,
     "unit": np.int32,
     "valid": np.bool_,
     "visible": np.bool_,
+    "decoded": np.bool_,
 }
 
 
@@ -31,6 +32,9 @@ class TokenStream:
         unit    (N,)   int32    masking unit: tokens sharing a unit are masked together
         valid   (N,)   bool     False for padding
         visible (N,)   bool     set by the mask policy: what the encoder sees
+        decoded (N,)   bool     set by the mask policy: what the decoder sees and reconstructs
+                                (VideoMAE V2's decoder mask); default: every valid token.
+                                The loss covers tokens that are decoded, valid and not visible.
     """
 
     values: np.ndarray
@@ -38,11 +42,14 @@ class TokenStream:
     unit: np.ndarray
     valid: np.ndarray
     visible: np.ndarray = field(default=None)  # type: ignore[assignment]
+    decoded: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = self.values.shape[0]
         if self.visible is None:
             self.visible = np.zeros(n, dtype=np.bool_)
+        if self.decoded is None:
+            self.decoded = np.array(self.valid, dtype=np.bool_)
         for name in FIELDS:
             arr = np.asarray(getattr(self, name), dtype=DTYPES[name])
             if arr.shape[0] != n:
