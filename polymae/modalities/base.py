@@ -48,6 +48,7 @@ class ModalityPlugin(ABC):
     Config: ClassVar[type[PluginConfig]] = PluginConfig
     extensions: ClassVar[tuple[str, ...]] = ()
     reference: ClassVar[str] = ""
+    statistics: ClassVar[tuple[str, ...]] = ()  # names of the additive statistics scan_file returns
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None or isinstance(config, dict):

@@ -23,7 +23,14 @@ from polymae.orchestration.checkpoint import build_model, checkpoint_step, lates
 from polymae.orchestration.runtime import cluster_has_gpus, init_ray
 from polymae.orchestration.tracking import log_model, resolve_tracking_uri, start_run
 from polymae.orchestration.train import train_loop_per_worker
-from polymae.pipelines.data import fixed_batch, scan, token_dataset, write_quarantine, write_token_shards
+from polymae.pipelines.data import (
+    fixed_batch,
+    samples_per_epoch,
+    scan,
+    token_dataset,
+    write_quarantine,
+    write_token_shards,
+)
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 from polymae.tokenizer.stream import columns_to_streams
 
@@ -87,14 +94,17 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
     print(f"[polymae] run {run_name!r} ({'resumed' if resumed else 'new'}): MLflow {uri} run {run_id}")
 
     # 1. scan: every file ends as a good sample or a quarantine row
-    scanned = scan(spec)
+    scanned = scan(spec)  # also resolves dataset statistics into the source configs
     counts = scanned.counts
+    (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
+    client.log_text(run_id, spec_to_yaml(spec), "spec.yaml")
     write_quarantine(scanned.quarantine, str(out_dir / "quarantine.parquet"))
     client.log_artifact(run_id, str(out_dir / "quarantine.parquet"))
     for key, value in counts.items():
         client.log_metric(run_id, f"data/{key}", value)
     print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
-          f"+ {counts['quarantined']} quarantined ({out_dir / 'quarantine.parquet'})")
+          f"+ {counts['quarantined']} quarantined ({out_dir / 'quarantine.parquet'}); "
+          f"{counts['samples']} samples per epoch")
     for row in scanned.quarantine:
         print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
     if not scanned.good:
@@ -118,7 +128,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
     if start_step < train.steps:
         batch = train.batch_size
         stream = token_dataset(spec, scanned.good, start_step * batch,
-                               (train.steps - start_step) * batch + len(scanned.good))
+                               (train.steps - start_step) * batch + samples_per_epoch(scanned.good))
         stream = stream.drop_columns(["sample_id"])  # strings do not become tensors
         use_gpu = train.use_gpu == "yes" or (train.use_gpu == "auto" and cluster_has_gpus())
         trainer = TorchTrainer(

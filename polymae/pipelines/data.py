@@ -1,10 +1,12 @@
 """Ray Data stages: find files → scan (decode, quarantine) → per-epoch tokenize + mask.
 
-    scan:   every file is read and decoded once; it ends as a good path or a quarantine row
-            (path, modality, stage, reason), so total = tokenized + quarantined.
-    stream: an epoch manifest of good files (row i = global sample i, so a resumed run starts
-            at row step·batch) → read, decode, augment, tokenize and mask in ``map_batches``,
-            each sample seeded by (run seed, sample id, epoch).
+    scan:   every file is read and decoded once; it ends as a good file (with the number of
+            samples it yields: clips of a video, windows of a recording) or a quarantine row
+            (path, modality, stage, reason), so total = tokenized + quarantined. Plugins that
+            need dataset statistics get them totalled here with a Ray Data aggregation.
+    stream: an epoch manifest of good files (global sample i is a fixed (file, view) pair, so a
+            resumed run starts at sample step·batch) → read, decode once, sample views, tokenize
+            and mask in ``map_batches``, each sample seeded by (run seed, sample id, epoch).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ QUARANTINE_SCHEMA = pa.schema(
 class SampleFile:
     sample_id: str  # stable across machines: the path relative to its source root
     path: str
+    num_samples: int = 1  # samples the file yields (known after the scan)
+
+
+def view_id(sample_id: str, view: int) -> str:
+    """Id of one sample of a file: what seeds its mask."""
+    return f"{sample_id}#{view}"
 
 
 def discover(source: SourceSpec, extensions: tuple[str, ...]) -> list[SampleFile]:
@@ -71,20 +79,29 @@ def read_bytes(path: str, plugin: ModalityPlugin) -> bytes:
 
 # --- scan ----------------------------------------------------------------------------------
 def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dict[str, np.ndarray]:
-    """map_batches: decode each file once; report ok or the stage and reason it failed."""
+    """map_batches: decode each file once; report its sample count and statistics, or the
+    stage and reason it failed (a failed file's statistics are 0, so totals cover good files)."""
     plugin = make_plugin(modality, config)
-    stages, reasons = [], []
+    stages, reasons, counts = [], [], []
+    stats: dict[str, list[float]] = {key: [] for key in plugin.statistics}
     for path in batch["path"]:
-        stage, reason = "", ""
+        stage, reason, count, found = "", "", 0, {}
         try:
-            plugin.tokenize(plugin.decode(read_bytes(str(path), plugin), str(path)), None)
+            count, found = plugin.scan_file(read_bytes(str(path), plugin), str(path))
+            if count < 1:
+                raise BadInputError("yields no samples")
         except BadInputError as err:
-            stage, reason = err.stage, err.reason
+            stage, reason, count, found = err.stage, err.reason, 0, {}
         except Exception as err:  # a decoder bug must not lose the file: quarantine it, loudly
-            stage, reason = "decode", f"unexpected {type(err).__name__}: {err}"
+            stage, reason, count, found = "decode", f"unexpected {type(err).__name__}: {err}", 0, {}
         stages.append(stage)
         reasons.append(reason)
-    return {**batch, "stage": np.array(stages, dtype=object), "reason": np.array(reasons, dtype=object)}
+        counts.append(count)
+        for key in plugin.statistics:
+            stats[key].append(float(found.get(key, 0.0)))
+    return {**batch, "stage": np.array(stages, dtype=object), "reason": np.array(reasons, dtype=object),
+            "num_samples": np.array(counts, dtype=np.int64),
+            **{f"statistic_{key}": np.array(v, dtype=np.float64) for key, v in stats.items()}}
 
 
 @dataclass
@@ -95,11 +112,20 @@ class ScanResult:
     @property
     def counts(self) -> dict[str, int]:
         return {"total": len(self.good) + len(self.quarantine), "tokenized": len(self.good),
-                "quarantined": len(self.quarantine)}
+                "quarantined": len(self.quarantine), "samples": samples_per_epoch(self.good)}
+
+
+def samples_per_epoch(files: list[SampleFile]) -> int:
+    return sum(f.num_samples for f in files)
 
 
 def scan(spec: PipelineSpec) -> ScanResult:
-    """Decode every file of every source once with Ray Data; split good from quarantined."""
+    """Decode every file of every source once with Ray Data; split good from quarantined.
+
+    A plugin with ``statistics`` gets their totals over the good files (a Ray Data sum) turned
+    into config fields by ``with_statistics``; they are written into the spec's source config,
+    so the training stream and the saved spec use them.
+    """
     good: list[SampleFile] = []
     quarantine: list[dict[str, str]] = []
     for source in spec.sources:
@@ -110,13 +136,19 @@ def scan(spec: PipelineSpec) -> ScanResult:
         ids = {f.path: f for f in files}
         ds = ray.data.from_items([{"path": f.path} for f in files])
         ds = ds.map_batches(scan_batch, fn_kwargs={"modality": source.modality, "config": source.config},
-                            batch_size=8, batch_format="numpy")
+                            batch_size=8, batch_format="numpy").materialize()
         for row in sorted(ds.take_all(), key=lambda r: r["path"]):
             if row["reason"]:
                 quarantine.append({"path": row["path"], "modality": source.modality,
                                    "stage": row["stage"], "reason": row["reason"]})
             else:
-                good.append(ids[row["path"]])
+                good.append(SampleFile(ids[row["path"]].sample_id, row["path"], int(row["num_samples"])))
+        if plugin.statistics:
+            columns = [f"statistic_{key}" for key in plugin.statistics]
+            totals = ds.sum(columns)
+            totals = totals if isinstance(totals, dict) else {columns[0]: totals}
+            source.config.update(plugin.with_statistics(
+                {key: float(totals[f"statistic_{key}"]) for key in plugin.statistics}))
     return ScanResult(good, quarantine)
 
 
@@ -126,28 +158,51 @@ def write_quarantine(rows: list[dict[str, str]], path: str) -> None:
 
 # --- training stream -----------------------------------------------------------------------
 def epoch_manifest(files: list[SampleFile], seed: int, start: int, count: int) -> list[dict[str, Any]]:
-    """Rows ``start … start+count`` of the endless sequence of seeded epoch permutations."""
-    n = len(files)
+    """Samples ``start … start+count`` of the endless sequence of seeded epoch permutations.
+
+    Each epoch visits the files in a seeded order and takes every sample of each file, so one
+    row is a file with the range of its samples to emit: ``first`` and ``count`` (a file is
+    decoded once for all of its samples; only the first and last rows may be partial).
+    """
+    sizes = np.array([f.num_samples for f in files], dtype=np.int64)
+    per_epoch = int(sizes.sum())
     rows: list[dict[str, Any]] = []
-    orders: dict[int, np.ndarray] = {}
-    for index in range(start, start + count):
-        epoch, pos = divmod(index, n)
-        if epoch not in orders:
-            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-        f = files[orders[epoch][pos]]
-        rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": epoch})
+    layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    index, end = start, start + count
+    while index < end:
+        epoch, offset = divmod(index, per_epoch)
+        if epoch not in layouts:
+            order = np.random.default_rng([seed, epoch]).permutation(len(files))
+            layouts[epoch] = order, np.cumsum(sizes[order])
+        order, ends = layouts[epoch]
+        pos = int(np.searchsorted(ends, offset, side="right"))
+        f = files[order[pos]]
+        first = offset - int(ends[pos] - f.num_samples)
+        take = min(f.num_samples - first, end - index)
+        rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": epoch, "first": first, "count": take})
+        index += take
     return rows
 
 
-def tokenize_sample(
+def manifest_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Manifest rows → the column batch ``tokenize_batch`` takes."""
+    return {key: np.array([r[key] for r in rows], dtype=object if key in ("sample_id", "path") else np.int64)
+            for key in rows[0]}
+
+
+def tokenize_views(
     plugin: ModalityPlugin, policy: MaskPolicy, data: bytes, path: str, sample_id: str,
-    epoch: int, seed: int, train: bool = True,
-) -> dict[str, TokenStream]:
-    """Decode, augment + tokenize and mask one file — the same for every worker."""
+    epoch: int, seed: int, first: int, count: int, train: bool = True,
+) -> list[dict[str, TokenStream]]:
+    """Decode one file once, sample its views (augmented with one seeded generator), keep
+    views ``first … first+count`` and mask each — the same for every worker."""
     rng = sample_rng(seed, sample_id, epoch, "augment") if train else None
-    sample = {plugin.name: plugin.tokenize(plugin.decode(data, path), rng)}
-    policy.apply(sample, sample_id, epoch)
-    return sample
+    samples = []
+    for view, stream in enumerate(plugin.tokenize_file(data, path, rng)[first : first + count], start=first):
+        sample = {plugin.name: stream}
+        policy.apply(sample, view_id(sample_id, view), epoch)
+        samples.append(sample)
+    return samples
 
 
 def tokenize_batch(
@@ -158,16 +213,20 @@ def tokenize_batch(
     since the scan) is dropped from the batch; the scan already quarantined bad files."""
     plugin = make_plugin(modality, config)
     policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed)
-    streams, kept = [], []
-    for i, (sid, path, epoch) in enumerate(zip(batch["sample_id"], batch["path"], batch["epoch"], strict=True)):
+    streams, ids, epochs = [], [], []
+    rows = zip(batch["sample_id"], batch["path"], batch["epoch"], batch["first"], batch["count"], strict=True)
+    for sid, path, epoch, first, count in rows:
         try:
             data = read_bytes(str(path), plugin)
-            sample = tokenize_sample(plugin, policy, data, str(path), str(sid), int(epoch), seed, train)
-            streams.append(sample[modality])
-            kept.append(i)
+            samples = tokenize_views(plugin, policy, data, str(path), str(sid), int(epoch), seed,
+                                     int(first), int(count), train)
         except BadInputError as err:  # passed the scan, fails now: the file changed under us
             log.warning("dropped %s (epoch %s) from the stream: %s", path, epoch, err.reason)
-    out = {"sample_id": batch["sample_id"][kept], "epoch": batch["epoch"][kept].astype(np.int64)}
+            continue
+        streams += [sample[modality] for sample in samples]
+        ids += [view_id(str(sid), int(first) + k) for k in range(len(samples))]
+        epochs += [int(epoch)] * len(samples)
+    out = {"sample_id": np.array(ids, dtype=object), "epoch": np.array(epochs, dtype=np.int64)}
     if not streams:  # keep the columns (with zero rows) so the schema never changes
         n, d, c = plugin.token_shape
         empty = TokenStream(np.zeros((n, d)), np.zeros((n, c)), np.zeros(n), np.zeros(n, bool))
@@ -190,12 +249,14 @@ def token_dataset(spec: PipelineSpec, files: list[SampleFile], start: int, count
 
 
 def fixed_batch(spec: PipelineSpec, files: list[SampleFile], size: int = 4) -> dict[str, np.ndarray]:
-    """A deterministic evaluation batch (centre view, epoch-0 masks) of the first files."""
-    chosen = files[:size]
-    rows = {"sample_id": np.array([f.sample_id for f in chosen], dtype=object),
-            "path": np.array([f.path for f in chosen], dtype=object),
-            "epoch": np.zeros(len(chosen), dtype=np.int64)}
-    return tokenize_batch(rows, **stream_kwargs(spec, train=False))
+    """A deterministic evaluation batch (evaluation views, epoch-0 masks): the first sample
+    of each of the first files, then further samples of the same files if there are few."""
+    rows: list[dict[str, Any]] = []
+    for view in range(max(f.num_samples for f in files)):
+        for f in files:
+            if view < f.num_samples and len(rows) < size:
+                rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": 0, "first": view, "count": 1})
+    return tokenize_batch(manifest_batch(rows), **stream_kwargs(spec, train=False))
 
 
 def _as_arrow_lists(batch: dict[str, np.ndarray]) -> pa.Table:
@@ -214,6 +275,6 @@ def _as_arrow_lists(batch: dict[str, np.ndarray]) -> pa.Table:
 
 def write_token_shards(spec: PipelineSpec, files: list[SampleFile], folder: str) -> None:
     """The first epoch's token streams (with masks) as Parquet shards of plain Arrow lists."""
-    token_dataset(spec, files, 0, len(files)).map_batches(
+    token_dataset(spec, files, 0, samples_per_epoch(files)).map_batches(
         _as_arrow_lists, batch_format="numpy", batch_size=16
     ).write_parquet(folder)

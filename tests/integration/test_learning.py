@@ -3,14 +3,13 @@ shipped real photos, through the real decode → augment → tokenize → mask p
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from polymae.orchestration.checkpoint import build_model
 from polymae.orchestration.run import evaluate
 from polymae.orchestration.train import learning_rate, make_optimizer
-from polymae.pipelines.data import discover, epoch_manifest, fixed_batch, stream_kwargs, tokenize_batch
+from polymae.pipelines.data import discover, epoch_manifest, fixed_batch, manifest_batch, stream_kwargs, tokenize_batch
 from polymae.pipelines.spec import parse_spec
 
 pytestmark = pytest.mark.integration
@@ -34,7 +33,7 @@ def test_tiny_image_mae_loss_falls_30_percent():
     kwargs = stream_kwargs(spec)
     for step in range(spec.train.steps):
         rows = epoch_manifest(files, spec.seed, step * 8, 8)
-        batch = tokenize_batch({k: np.array([r[k] for r in rows]) for k in rows[0]}, **kwargs)
+        batch = tokenize_batch(manifest_batch(rows), **kwargs)
         tensors = {k: torch.as_tensor(v) for k, v in batch.items() if "." in k}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, spec.train)

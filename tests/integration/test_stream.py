@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import ray
 
-from polymae.pipelines.data import discover, epoch_manifest, stream_kwargs, token_dataset, tokenize_batch
+from polymae.pipelines.data import (
+    discover,
+    epoch_manifest,
+    manifest_batch,
+    stream_kwargs,
+    token_dataset,
+    tokenize_batch,
+)
 from polymae.pipelines.spec import parse_spec
 
 pytestmark = pytest.mark.integration
@@ -22,7 +29,7 @@ def test_masks_identical_whichever_worker_makes_them(ray_local):
     rows = ray.get(ray.remote(lambda: token_dataset(spec, files, 0, 2 * n).take_all()).remote())
     # the same manifest rows tokenized in this process, in one batch
     manifest = epoch_manifest(files, spec.seed, 0, 2 * n)
-    local = tokenize_batch({k: np.array([r[k] for r in manifest]) for k in manifest[0]}, **stream_kwargs(spec))
+    local = tokenize_batch(manifest_batch(manifest), **stream_kwargs(spec))
     by_key = {(r["sample_id"], int(r["epoch"])): r for r in rows}
     assert len(by_key) == 2 * n  # every file once per epoch
     for i, (sid, epoch) in enumerate(zip(local["sample_id"], local["epoch"], strict=True)):

@@ -1,0 +1,316 @@
+"""Audio plugin (AudioMAE): waveform → Kaldi log-mel fbank (128 bins, 10 ms) → 1024-frame windows →
+16×16 patches → 512 tokens (64 time × 8 frequency).
+
+Decoding: WAV, FLAC and OGG with soundfile (libsndfile), mixed to mono and resampled to 16 kHz
+with torchaudio; with ``from_video`` the audio track of a video through an ffmpeg subprocess.
+
+Memory: files above ``max_file_bytes`` are refused before they are read; beyond that decode reads
+at most ``max_seconds`` of audio (soundfile ``frames=``, ffmpeg ``-t``), so no file becomes more
+than ``max_seconds · sample_rate`` float32 samples (600 s → 38 MB).
+
+As AudioMAE's ``_wav2fbank`` the waveform mean is subtracted before the fbank, and values are
+normalised as ``(fbank − mean) / (2 · std)``. Differences, each for a reason:
+
+* A long recording gives several samples, windows starting at 0, hop, 2·hop, …; the last, partial
+  window is kept only with ≥ ``min_window_frames`` real frames (a recording shorter than one
+  window always gives exactly one). AudioMAE keeps the first 1024 frames only.
+* Short windows are zero-padded at the end as in AudioMAE, but after normalisation (AudioMAE pads
+  before, so its padding reads (0 − mean) / (2·std)); tokens lying wholly in padding are marked
+  invalid, so they are never visible and never in the loss (AudioMAE reconstructs padding).
+* ``normalize="dataset"`` uses the mean/std that :meth:`AudioPlugin.with_statistics` derives from
+  the scan; until they are set it falls back to AudioMAE's AudioSet constants.
+* libsndfile silently shortens a WAV whose header claims more samples than the file holds; such
+  files are refused as truncated, from the RIFF ``data`` chunk size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from pydantic import Field, model_validator
+
+from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.models.losses import masked_mse, norm_pix_target
+from polymae.tokenizer.stream import TokenStream
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974  # AudioMAE's AudioSet fbank statistics
+STD_FLOOR = 1e-3  # an all-silent dataset has std 0: floor it so normalisation stays finite
+_PCM_TAGS = (1, 3, 6, 7, 0xFFFE)  # WAV codecs whose block_align is the size of one frame
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
+
+
+class AudioConfig(PluginConfig):
+    """AudioMAE's pre-training settings."""
+
+    max_file_bytes: int = Field(256 * 2**20, gt=0, description="larger files are refused before they are read")
+    max_seconds: float = Field(600.0, gt=0, description="decode reads at most this much audio of a file (memory)")
+    sample_rate: int = Field(16000, gt=0)
+    from_video: bool = Field(False, description="also read the audio track of video files, with ffmpeg")
+    num_mel_bins: int = Field(128, gt=0)
+    frame_length: float = Field(25.0, gt=0, description="fbank frame length, ms")
+    frame_shift: float = Field(10.0, gt=0, description="fbank frame shift, ms")
+    target_length: int = Field(1024, gt=0, description="fbank frames per sample (window)")
+    window_hop: int | None = Field(None, gt=0, description="frames between window starts; None: target_length")
+    min_window_frames: int = Field(256, gt=0, description="a last, partial window needs this many real frames")
+    patch_size: int = Field(16, gt=0)
+    normalize: Literal["dataset", "audioset", "none"] = "dataset"
+    mean: float | None = Field(None, description="dataset fbank mean (set from the scan statistics)")
+    std: float | None = Field(None, gt=0, description="dataset fbank std (set from the scan statistics)")
+    norm_pix_loss: bool = True
+
+    @model_validator(mode="after")
+    def _patches_tile_window(self) -> AudioConfig:
+        if self.target_length % self.patch_size or self.num_mel_bins % self.patch_size:
+            raise ValueError("target_length and num_mel_bins must be multiples of patch_size")
+        return self
+
+
+def fbank(waveform: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """(S,) float32 mono waveform → (frames, num_mel_bins) float32 Kaldi log-mel fbank, AudioMAE's
+    settings (mean removed first, as its ``_wav2fbank``). frames = 1 + (S − 400) // 160 at 16 kHz."""
+    wav = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
+    feats = torchaudio.compliance.kaldi.fbank(
+        (wav - wav.mean())[None], htk_compat=True, sample_frequency=config.sample_rate, use_energy=False,
+        window_type="hanning", num_mel_bins=config.num_mel_bins, dither=0.0,
+        frame_shift=config.frame_shift, frame_length=config.frame_length,
+    )
+    return feats.numpy()
+
+
+def patchify(spec: np.ndarray, p: int) -> np.ndarray:
+    """(T, F) → (T/p · F/p, p·p), patches in (time, frequency) row-major order, as MAE's patchify."""
+    h, w = spec.shape[0] // p, spec.shape[1] // p
+    return spec.reshape(h, p, w, p).transpose(0, 2, 1, 3).reshape(h * w, p * p)
+
+
+def unpatchify(tokens: np.ndarray, p: int, h: int, w: int) -> np.ndarray:
+    """(h·w, p·p) → (h·p, w·p): inverse of :func:`patchify`."""
+    return tokens.reshape(h, w, p, p).transpose(0, 2, 1, 3).reshape(h * p, w * p)
+
+
+def _riff_truncation(data: bytes) -> str | None:
+    """A reason when a RIFF/WAVE ``data`` chunk claims more bytes than the file holds, else None.
+    (libsndfile clamps the frame count silently.) Sizes 0 and 0xFFFFFFFF mean "unknown" (streams)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, tag, align = 12, 0, 0
+    while pos + 8 <= len(data):
+        cid, size = struct.unpack_from("<4sI", data, pos)
+        if cid == b"fmt " and pos + 22 <= len(data):
+            (tag,), (align,) = struct.unpack_from("<H", data, pos + 8), struct.unpack_from("<H", data, pos + 20)
+        elif cid == b"data":
+            held = len(data) - pos - 8
+            if not 0 < size < 0xFFFFFFFF or held >= size:
+                return None
+            if tag in _PCM_TAGS and align > 0:
+                return f"truncated: header declares {size // align} samples, file holds {held // align}"
+            return f"truncated: header declares {size} bytes of audio, file holds {held}"
+        pos += 8 + size + (size & 1)  # chunks are word-aligned
+    return None
+
+
+def colourize(spec: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(T, F) → (F, T, 3) uint8 viridis-like picture, low frequencies at the bottom."""
+    x = np.clip((spec.T[::-1] - lo) / max(hi - lo, 1e-6), 0, 1) * (len(_VIRIDIS) - 1)
+    stops = np.arange(len(_VIRIDIS))
+    return np.stack([np.interp(x, stops, _VIRIDIS[:, c]) for c in range(3)], axis=-1).round().astype(np.uint8)
+
+
+class AudioPlugin(ModalityPlugin):
+    name = "audio"
+    Config = AudioConfig
+    extensions = AUDIO_EXTENSIONS  # with from_video the instance also lists VIDEO_EXTENSIONS
+    reference = "AudioMAE (Huang et al. 2022)"
+    config: AudioConfig
+
+    def __init__(self, config: AudioConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        if self.config.from_video:
+            self.extensions = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(time, frequency) patches per window: (64, 8)."""
+        return self.config.target_length // self.config.patch_size, self.config.num_mel_bins // self.config.patch_size
+
+    @property
+    def token_shape(self) -> tuple[int, int, int]:
+        h, w = self.grid
+        return h * w, self.config.patch_size**2, 2
+
+    # --- decode ------------------------------------------------------------------------------
+    def decode(self, data: bytes, path: str) -> np.ndarray:
+        """Bytes → (S,) float32 mono waveform at ``sample_rate``, S ≤ max_seconds · sample_rate."""
+        cfg = self.config
+        if len(data) == 0:
+            raise BadInputError("empty file (0 bytes)")
+        ext = os.path.splitext(path)[1].lower()
+        if ext in VIDEO_EXTENSIONS:
+            if not cfg.from_video:
+                raise BadInputError(f"video file ({ext}): set from_video=true to use its audio track")
+            wave = self._ffmpeg_track(data, path)
+        else:
+            wave, rate = self._soundfile_read(data)
+            if rate != cfg.sample_rate and len(wave):
+                wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, cfg.sample_rate).numpy()
+        wave = wave[: int(cfg.max_seconds * cfg.sample_rate)]
+        if len(wave) == 0:
+            raise BadInputError("zero-length audio (0 samples)")
+        if not np.isfinite(wave).all():  # float WAVs can hold NaN/inf
+            raise BadInputError("non-finite samples")
+        if len(wave) < int(cfg.frame_length * cfg.sample_rate / 1000):
+            raise BadInputError(f"too short: {len(wave)} samples, less than one {cfg.frame_length:g} ms frame")
+        return np.ascontiguousarray(wave, dtype=np.float32)
+
+    def _soundfile_read(self, data: bytes) -> tuple[np.ndarray, int]:
+        """WAV/FLAC/OGG bytes → ((S,) float32 mono, sample rate), at most max_seconds read."""
+        reason = _riff_truncation(data)
+        if reason:
+            raise BadInputError(reason)
+        try:
+            with sf.SoundFile(io.BytesIO(data)) as f:
+                rate, declared = f.samplerate, f.frames
+                limit = int(np.ceil(self.config.max_seconds * rate))
+                wanted = min(declared, limit) if declared > 0 else limit  # frames may be unknown (0)
+                block = f.read(frames=wanted, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as err:
+            if err.code == 1:  # SF_ERR_UNRECOGNISED_FORMAT
+                raise BadInputError("not a recognised audio format (expects WAV, FLAC or OGG)") from err
+            raise BadInputError(f"corrupt or unsupported audio: {err.error_string}") from err
+        except (RuntimeError, ValueError, EOFError) as err:
+            raise BadInputError(f"corrupt audio: {err}") from err
+        if 0 < declared and len(block) < wanted:
+            raise BadInputError(f"truncated: header declares {declared} samples, file holds {len(block)}")
+        return block.mean(axis=1), rate  # mono: mean of channels
+
+    def _ffmpeg_track(self, data: bytes, path: str) -> np.ndarray:
+        """First audio track of a video → (S,) float32 mono at sample_rate. ffmpeg reads the file
+        itself (mp4 needs seeking); bytes that are not the local file at ``path`` go to a temp file."""
+        cfg = self.config
+        exe = shutil.which("ffmpeg")
+        if exe is None:
+            raise BadInputError("ffmpeg not found on PATH: it is needed to read the audio track of videos")
+        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1]) as tmp:
+            source = path
+            if not (os.path.isfile(path) and os.path.getsize(path) == len(data)):
+                tmp.write(data)
+                tmp.flush()
+                source = tmp.name
+            cmd = [exe, "-nostdin", "-v", "error", "-i", "file:" + os.path.abspath(source), "-map", "0:a:0",
+                   "-t", f"{cfg.max_seconds:g}", "-f", "f32le", "-ac", "1", "-ar", str(cfg.sample_rate), "pipe:1"]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, timeout=600)
+            except subprocess.TimeoutExpired as err:
+                raise BadInputError("ffmpeg timed out reading the audio track") from err
+        if proc.returncode != 0:
+            message = proc.stderr.decode(errors="replace").strip()
+            if "matches no streams" in message:
+                raise BadInputError("no audio track")
+            last = message.splitlines()[-1] if message else f"exit status {proc.returncode}"
+            raise BadInputError(f"ffmpeg could not read the audio track: {last}")
+        return np.frombuffer(proc.stdout, dtype="<f4").copy()
+
+    # --- tokens ------------------------------------------------------------------------------
+    def norm_stats(self) -> tuple[float, float] | None:
+        """(mean, std) of ``(fbank − mean) / (2·std)``, or None for ``normalize="none"``."""
+        cfg = self.config
+        if cfg.normalize == "none":
+            return None
+        if cfg.normalize == "dataset" and cfg.mean is not None and cfg.std is not None:
+            return cfg.mean, cfg.std
+        return AUDIOSET_MEAN, AUDIOSET_STD  # "audioset", or dataset statistics not computed yet
+
+    def features(self, waveform: np.ndarray) -> np.ndarray:
+        """(S,) waveform → (frames, num_mel_bins) normalised fbank."""
+        feats = fbank(waveform, self.config)
+        stats = self.norm_stats()
+        return feats if stats is None else (feats - stats[0]) / (2 * stats[1])
+
+    def window_starts(self, frames: int) -> list[int]:
+        """First frames of the windows of a recording with ``frames`` fbank frames (≥ 1 window)."""
+        cfg = self.config
+        length, hop = cfg.target_length, cfg.window_hop or cfg.target_length
+        starts = [0]
+        while starts[-1] + length < frames:  # frames remain after the last window
+            start = starts[-1] + hop
+            if start + length > frames and frames - start < cfg.min_window_frames:
+                break  # a partial window too short to keep
+            starts.append(start)
+        return starts
+
+    def window_stream(self, spec: np.ndarray) -> TokenStream:
+        """(T ≤ target_length, F) normalised fbank → stream of the zero-padded (target_length, F)
+        window; tokens wholly in padding are invalid. coords (time index, frequency index)."""
+        p, (h, w) = self.config.patch_size, self.grid
+        window = np.zeros((self.config.target_length, self.config.num_mel_bins), dtype=np.float32)
+        window[: len(spec)] = spec[: len(window)]
+        t, f = np.divmod(np.arange(h * w), w)
+        return TokenStream(values=patchify(window, p), coords=np.stack([t, f], axis=1), unit=np.arange(h * w),
+                           valid=t * p < min(len(spec), len(window)))
+
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+        """The first window (no augmentation: AudioMAE pre-trains without any, so rng is unused)."""
+        return self.window_stream(self.features(array)[: self.config.target_length])
+
+    def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
+        """Every window of the file, in time order; decoded and transformed once."""
+        feats = self.features(self.decode(data, path))
+        return [self.window_stream(feats[s : s + self.config.target_length]) for s in self.window_starts(len(feats))]
+
+    def scan_file(self, data: bytes, path: str) -> tuple[int, dict[str, float]]:
+        """(windows, sums over all fbank values of the file before normalisation)."""
+        feats = fbank(self.decode(data, path), self.config).astype(np.float64)
+        stats = {"fbank_sum": float(feats.sum()), "fbank_sumsq": float((feats**2).sum()),
+                 "fbank_count": float(feats.size)}
+        return len(self.window_starts(len(feats))), stats
+
+    def with_statistics(self, totals: dict[str, float]) -> dict[str, Any]:
+        """Dataset mean and std (floored at STD_FLOOR) for ``normalize="dataset"``; else nothing."""
+        count = totals.get("fbank_count", 0.0)
+        if self.config.normalize != "dataset" or count <= 0:
+            return {}
+        mean = totals["fbank_sum"] / count
+        var = max(totals["fbank_sumsq"] / count - mean**2, 0.0)  # clamp float round-off below 0
+        return {"mean": float(mean), "std": float(max(np.sqrt(var), STD_FLOOR))}
+
+    # --- loss, render --------------------------------------------------------------------------
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        """Norm-pix target (AudioMAE's default) or the plain normalised fbank."""
+        return norm_pix_target(values.float()) if self.config.norm_pix_loss else values.float()
+
+    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mse(pred, self.target(values), mask)
+
+    def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
+        """original | masked input (hidden patches grey) | reconstruction, each (F, T', 3) with
+        frequency upwards and time to the right, cropped to the windows' valid time patches."""
+        p, (h, w) = self.config.patch_size, self.grid
+        values = stream.values
+        if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
+            mean = values.mean(axis=-1, keepdims=True)
+            std = np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
+            pred = pred * std + mean
+        rows = np.flatnonzero(stream.valid.reshape(h, w).any(axis=1))
+        frames = (int(rows.max()) + 1 if len(rows) else h) * p
+
+        def spec(tokens: np.ndarray) -> np.ndarray:
+            return unpatchify(tokens.astype(np.float32), p, h, w)[:frames]
+
+        original = spec(values)
+        lo, hi = float(original.min()), float(original.max())
+        hidden = spec(np.repeat(~stream.visible[:, None], p * p, axis=1)).T[::-1, :, None] > 0.5  # (F, T', 1)
+        masked = np.where(hidden, np.uint8(128), colourize(original, lo, hi))
+        gap = np.full((original.shape[1], 4, 3), 255, dtype=np.uint8)
+        return np.concatenate([colourize(original, lo, hi), gap, masked, gap, colourize(spec(pred), lo, hi)], axis=1)
