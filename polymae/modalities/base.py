@@ -49,6 +49,7 @@ class ModalityPlugin(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     reference: ClassVar[str] = ""
     statistics: ClassVar[tuple[str, ...]] = ()  # names of the additive statistics scan_file returns
+    default_mask: ClassVar[dict[str, Any]] = {"strategy": "random", "ratio": 0.75}  # the reference's mask
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None or isinstance(config, dict):
@@ -129,5 +130,6 @@ class ModalityPlugin(ABC):
             "reference": self.reference,
             "extensions": list(self.extensions),
             "tokens": {"N": n, "D": d, "C": c},
+            "default_mask": dict(self.default_mask),
             "config": self.config.model_dump(),
         }

@@ -58,17 +58,26 @@ def evaluate(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[floa
     return float(loss), {m: p.numpy() for m, p in preds.items()}
 
 
-def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> None:
-    """One PNG: a row per sample of the fixed batch, per modality the plugin's render."""
+def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> list[Path]:
+    """One PNG: a row per sample of the fixed batch, per modality the plugin's render; and a GIF
+    per modality whose plugin animates (its first sample). → the files written."""
     _, preds = evaluate(model, batch)
-    rows = []
+    rows, written = [], [path]
+    path.parent.mkdir(parents=True, exist_ok=True)
     for m, plugin in model.plugins.items():
-        for stream, pred in zip(columns_to_streams(m, batch), preds[m], strict=True):
+        streams = columns_to_streams(m, batch)
+        for stream, pred in zip(streams, preds[m], strict=True):
             rows.append(plugin.render(stream, pred))
+        frames = plugin.render_frames(streams[0], preds[m][0])
+        if frames:
+            gif = path.with_name(f"{path.stem}_{m}.gif")
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(gif, save_all=True, append_images=images[1:], duration=200, loop=0)
+            written.append(gif)
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return written
 
 
 def log_eval(client: MlflowClient, run_id: str, model: torch.nn.Module, batch: dict[str, np.ndarray],
@@ -76,9 +85,8 @@ def log_eval(client: MlflowClient, run_id: str, model: torch.nn.Module, batch: d
     """Eval loss on the fixed batch and its reconstruction PNG, logged at ``step``."""
     loss, _ = evaluate(model, batch)
     client.log_metric(run_id, "eval/loss", loss, step=step)
-    picture = out_dir / "renders" / f"step{step:06d}.png"
-    render(model, batch, picture)
-    client.log_artifact(run_id, str(picture), "renders")
+    for picture in render(model, batch, out_dir / "renders" / f"step{step:06d}.png"):
+        client.log_artifact(run_id, str(picture), "renders")
     return loss
 
 

@@ -46,7 +46,7 @@ class SourceSpec(_Strict):
 
 
 class TokenizerSpec(_Strict):
-    mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per modality; default random 0.75")
+    mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per modality, over the plugin mask")
 
 
 class ModelSpec(_Strict):
@@ -126,7 +126,13 @@ class PipelineSpec(_Strict):
         return [s.modality for s in self.sources]
 
     def mask_specs(self) -> dict[str, MaskSpec]:
-        return {m: self.tokenizer.mask.get(m, MaskSpec()) for m in self.modalities}
+        """Per modality: the fields the spec sets over the plugin's reference mask."""
+        out = {}
+        for m in self.modalities:
+            given = self.tokenizer.mask.get(m)
+            fields = given.model_dump(include=given.model_fields_set) if given is not None else {}
+            out[m] = MaskSpec(**{**get_plugin_class(m).default_mask, **fields})
+        return out
 
 
 # --- loading -----------------------------------------------------------------------------
