@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse, norm_pix_target
+from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.tokenizer.stream import TokenStream
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,9 +164,7 @@ class ImagePlugin(ModalityPlugin):
         """original | masked input | reconstruction | reconstruction with visible patches pasted."""
         values = stream.values
         if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
-            mean = values.mean(axis=-1, keepdims=True)
-            std = np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
-            pred = pred * std + mean
+            pred = undo_norm_pix(pred, values)
         vis = stream.visible[:, None]
         per_value = self.config.patch_size**2  # patch values are (row, col, channel) triples
         grey = (0.5 - np.tile(self.config.mean, per_value)) / np.tile(self.config.std, per_value)
