@@ -6,6 +6,7 @@ VENV=${VENV:-.venv}
 
 need_apt=()
 dpkg -s libusb-1.0-0 >/dev/null 2>&1 || need_apt+=(libusb-1.0-0)   # open3d links it
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)          # video fixtures, audio tracks of videos, codec diagnosis
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
