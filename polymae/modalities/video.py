@@ -4,8 +4,8 @@
 Decode once, sample many (VideoMAE's repeated sampling, used by V2): a file is opened once and
 ``num_clips`` clips are cut from one batched read of the union of their frames. Only those
 frames are ever decoded, so memory is bounded by ``max_file_bytes`` for the encoded file plus
-``num_clips × num_frames`` decoded frames (frames larger than ``max_decode_side`` are decoded
-downscaled by decord).
+``num_clips × num_frames`` decoded frames (frames whose short side is over ``decode_short_side``
+are decoded downscaled by decord).
 
 Short videos (fewer frames than a clip spans) follow ``short_video``: ``repeat_last`` (what
 VideoMAE's loader does: indices past the end stay on the last frame), ``loop``, or
@@ -46,7 +46,8 @@ class VideoConfig(PluginConfig):
     tubelet_size: int = Field(2, gt=0)
     crop_scales: tuple[float, ...] = Field((1.0, 0.875, 0.75, 0.66), description="VideoMAE's multi-scale crop")
     short_video: Literal["repeat_last", "loop", "quarantine"] = "repeat_last"
-    max_decode_side: int = Field(1024, gt=0, description="longer frame sides are decoded downscaled")
+    decode_short_side: int = Field(320, gt=0, description="larger frames are decoded downscaled to this "
+                                   "short side (VideoMAE trains on 320p copies)")
     max_file_bytes: int = Field(512 * 2**20, gt=0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -137,7 +138,7 @@ class VideoPlugin(ModalityPlugin):
         try:
             reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
             height, width = reader[0].shape[:2] if len(reader) else (0, 0)
-            scale = self.config.max_decode_side / max(height, width, 1)
+            scale = self.config.decode_short_side / max(min(height, width), 1)
             if scale < 1:  # reopen decoding straight to a bounded size
                 reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1,
                                             width=round(width * scale), height=round(height * scale))
