@@ -104,6 +104,27 @@ def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dic
             **{f"statistic_{key}": np.array(v, dtype=np.float64) for key, v in stats.items()}}
 
 
+@ray.remote(max_retries=0)
+def _scan_one(path: str, kwargs: dict) -> dict[str, Any]:
+    out = scan_batch({"path": np.array([path], dtype=object)}, **kwargs)
+    return {key: value[0] for key, value in out.items()}
+
+
+def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
+    """The scan with one process per file: a file whose decoder kills its process becomes a
+    quarantine row instead of taking the run down."""
+    keys = [f"statistic_{k}" for k in make_plugin(kwargs["modality"], kwargs["config"]).statistics]
+    rows = []
+    for path, ref in [(p, _scan_one.remote(p, kwargs)) for p in paths]:
+        try:
+            rows.append(ray.get(ref))
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
+            reason = f"the decoder crashed its process ({type(err).__name__})"
+            rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0,
+                         **dict.fromkeys(keys, 0.0)})
+    return rows
+
+
 @dataclass
 class ScanResult:
     good: list[SampleFile]
@@ -134,9 +155,15 @@ def scan(spec: PipelineSpec) -> ScanResult:
         if not files:
             continue
         ids = {f.path: f for f in files}
-        ds = ray.data.from_items([{"path": f.path} for f in files])
-        ds = ds.map_batches(scan_batch, fn_kwargs={"modality": source.modality, "config": source.config},
-                            batch_size=8, batch_format="numpy").materialize()
+        kwargs = {"modality": source.modality, "config": source.config}
+        try:
+            ds = ray.data.from_items([{"path": f.path} for f in files]).map_batches(
+                scan_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy",
+                max_retries=0,  # Ray Data retries a crashed task forever; a decoder crash must end
+            ).materialize()
+        except Exception as err:  # a decoder crashed its process (a segfault): find the file(s)
+            log.warning("scan: a decoder crashed (%s); rescanning one file per process", type(err).__name__)
+            ds = ray.data.from_items(scan_isolated([f.path for f in files], kwargs))
         for row in sorted(ds.take_all(), key=lambda r: r["path"]):
             if row["reason"]:
                 quarantine.append({"path": row["path"], "modality": source.modality,
@@ -244,7 +271,8 @@ def token_dataset(spec: PipelineSpec, files: list[SampleFile], start: int, count
     """The streaming training dataset: ``count`` samples from global sample index ``start``."""
     manifest = epoch_manifest(files, spec.seed, start, count)
     return ray.data.from_items(manifest).map_batches(
-        tokenize_batch, fn_kwargs=stream_kwargs(spec), batch_size=16, batch_format="numpy"
+        tokenize_batch, fn_kwargs=stream_kwargs(spec), batch_size=4, batch_format="numpy",
+        max_retries=3,  # bounded: a file that crashes its decoder fails the run instead of hanging it
     )
 
 
