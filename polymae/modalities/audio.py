@@ -40,7 +40,7 @@ import torchaudio
 from pydantic import Field, model_validator
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse, norm_pix_target
+from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.tokenizer.stream import TokenStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -133,6 +133,8 @@ class AudioPlugin(ModalityPlugin):
     Config = AudioConfig
     extensions = AUDIO_EXTENSIONS  # with from_video the instance also lists VIDEO_EXTENSIONS
     reference = "AudioMAE (Huang et al. 2022)"
+    statistics = ("fbank_sum", "fbank_sumsq", "fbank_count")
+    default_mask = {"strategy": "random", "ratio": 0.8}
     config: AudioConfig
 
     def __init__(self, config: AudioConfig | dict[str, Any] | None = None) -> None:
@@ -299,9 +301,7 @@ class AudioPlugin(ModalityPlugin):
         p, (h, w) = self.config.patch_size, self.grid
         values = stream.values
         if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
-            mean = values.mean(axis=-1, keepdims=True)
-            std = np.sqrt(values.var(axis=-1, ddof=1, keepdims=True) + 1e-6)
-            pred = pred * std + mean
+            pred = undo_norm_pix(pred, values)
         rows = np.flatnonzero(stream.valid.reshape(h, w).any(axis=1))
         frames = (int(rows.max()) + 1 if len(rows) else h) * p
 

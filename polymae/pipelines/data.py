@@ -159,7 +159,7 @@ def scan(spec: PipelineSpec) -> ScanResult:
         try:
             ds = ray.data.from_items([{"path": f.path} for f in files]).map_batches(
                 scan_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy",
-                max_retries=0,  # Ray Data retries a crashed task forever; a decoder crash must end
+                ray_remote_args_fn=lambda: {"max_retries": 0},  # Ray Data retries a crashed task forever
             ).materialize()
         except Exception as err:  # a decoder crashed its process (a segfault): find the file(s)
             log.warning("scan: a decoder crashed (%s); rescanning one file per process", type(err).__name__)
@@ -172,10 +172,10 @@ def scan(spec: PipelineSpec) -> ScanResult:
                 good.append(SampleFile(ids[row["path"]].sample_id, row["path"], int(row["num_samples"])))
         if plugin.statistics:
             columns = [f"statistic_{key}" for key in plugin.statistics]
-            totals = ds.sum(columns)
-            totals = totals if isinstance(totals, dict) else {columns[0]: totals}
+            totals = ds.sum(columns)  # {"sum(<column>)": total}, or the bare total for one column
+            totals = totals if isinstance(totals, dict) else {f"sum({columns[0]})": totals}
             source.config.update(plugin.with_statistics(
-                {key: float(totals[f"statistic_{key}"]) for key in plugin.statistics}))
+                {key: float(totals[f"sum(statistic_{key})"] or 0.0) for key in plugin.statistics}))
     return ScanResult(good, quarantine)
 
 
@@ -272,7 +272,7 @@ def token_dataset(spec: PipelineSpec, files: list[SampleFile], start: int, count
     manifest = epoch_manifest(files, spec.seed, start, count)
     return ray.data.from_items(manifest).map_batches(
         tokenize_batch, fn_kwargs=stream_kwargs(spec), batch_size=4, batch_format="numpy",
-        max_retries=3,  # bounded: a file that crashes its decoder fails the run instead of hanging it
+        ray_remote_args_fn=lambda: {"max_retries": 3},  # bounded: a crashing file fails the run, no hang
     )
 
 

@@ -16,6 +16,7 @@ from polymae.pipelines.data import (
     epoch_manifest,
     fixed_batch,
     manifest_batch,
+    scan,
     stream_kwargs,
     tokenize_batch,
 )
@@ -73,5 +74,16 @@ def test_tiny_video_mae_loss_falls_30_percent():
     mask = {"strategy": "tube", "ratio": 0.9, "decoder_strategy": "running_cell"}
     spec = _spec("video", [ROOT / "examples/data/video"], config, mask, steps=500, lr=2e-3)
     files = [SampleFile(f.sample_id, f.path, 16) for f in discover(spec.sources[0], (".mp4",))]
+    before, after = train_and_evaluate(spec, files)
+    assert after <= 0.7 * before
+
+
+def test_tiny_audio_mae_loss_falls_30_percent(ray_local):
+    """AudioMAE settings (fbank 128×1024, random 80 %) on the shipped speech and the audio track
+    of a real video; the spectrogram mean/std come from the scan's Ray Data aggregation."""
+    paths = [ROOT / "examples/data/audio", ROOT / "examples/data/video/opencv_cup.mp4"]
+    spec = _spec("audio", paths, {"from_video": True}, {"ratio": 0.8}, steps=150, lr=1e-3)
+    files = scan(spec).good
+    assert len(files) == 5 and spec.sources[0].config["std"] > 0
     before, after = train_and_evaluate(spec, files)
     assert after <= 0.7 * before
