@@ -23,6 +23,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/mae_step.py
+	$(BIN)/python bench/data_throughput.py
 
 lint: setup
 	$(BIN)/ruff check .

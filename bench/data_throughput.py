@@ -7,7 +7,9 @@ decoder and tokenizer, each at 1 and 2 workers. Prints the ratio Ray Data / Data
 Both sides use the shipped example specs (examples/video_mae.yaml, examples/audio_mae.yaml)
 and the same manifest of (file, views) rows, so they do identical work per sample; "workers"
 is the number of parallel decode processes (Ray: logical CPUs of the local cluster; DataLoader:
-``num_workers``). Timing starts at the first request for data, after Ray has started.
+``num_workers``). Both hand the token arrays to the main process. Ray's worker processes are
+warmed up first (a few samples, untimed: a fresh Ray worker pays ~seconds of imports once);
+DataLoader workers are forked from the already-importing main process.
 """
 
 from __future__ import annotations
@@ -44,16 +46,17 @@ class ManifestRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> int:
-        return len(tokenize_batch(manifest_batch([self.rows[i]]), **self.kwargs)["sample_id"])
+    def __getitem__(self, i: int) -> dict:
+        batch = tokenize_batch(manifest_batch([self.rows[i]]), **self.kwargs)
+        return {k: v for k, v in batch.items() if "." in k}  # the token arrays cross to the trainer
 
 
 def dataloader_rate(rows: list[dict], kwargs: dict, workers: int) -> float:
     loader = torch.utils.data.DataLoader(ManifestRows(rows, kwargs), batch_size=None, num_workers=workers,
                                          multiprocessing_context="fork")
     tic, n = time.perf_counter(), 0
-    for count in loader:
-        n += int(count)
+    for batch in loader:
+        n += len(next(iter(batch.values())))
     return n / (time.perf_counter() - tic)
 
 
@@ -63,6 +66,9 @@ def ray_rate(spec, files, count: int, workers: int) -> float:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
+        warm = token_dataset(spec, files, 0, 4 * workers)  # start the worker processes (imports)
+        for _ in warm.iter_batches(batch_size=8, batch_format="numpy"):
+            pass
         tic, n = time.perf_counter(), 0
         for batch in token_dataset(spec, files, 0, count).iter_batches(batch_size=8, batch_format="numpy"):
             n += len(batch["sample_id"])

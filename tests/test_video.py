@@ -179,3 +179,18 @@ def test_conformance_and_renders(made):
     shown = np.repeat((stream.decoded | stream.visible).reshape(4, 4, 4), 2, axis=0)
     shown = shown.repeat(16, axis=1).repeat(16, axis=2)
     assert np.abs(original[shown].astype(int) - reconstruction[shown]).max() <= 1
+
+
+def test_bad_video_settings_fail_before_anything_runs():
+    from polymae.pipelines.spec import SpecError, parse_spec
+
+    def problems(config: dict, mask: dict) -> str:
+        with pytest.raises(SpecError) as info:
+            parse_spec({"name": "v", "sources": [{"modality": "video", "paths": [str(VIDEOS)], "config": config}],
+                        "tokenizer": {"mask": {"video": mask}}})
+        return str(info.value)
+
+    assert "sources.0.config.short_video = 'pad'" in problems({"short_video": "pad"}, {})
+    assert "'repeat_last', 'loop' or 'quarantine'" in problems({"short_video": "pad"}, {})
+    assert "decoder_ratio 0.1: running_cell" in problems({}, {"decoder_strategy": "running_cell",
+                                                              "decoder_ratio": 0.1})

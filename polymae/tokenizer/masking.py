@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polymae.tokenizer.stream import TokenStream
 
@@ -60,6 +60,16 @@ class MaskSpec(BaseModel):
                 f"unknown mask strategy {value!r}; allowed: {', '.join(available_strategies())}"
             )
         return value
+
+
+    @model_validator(mode="after")
+    def _running_cell_ratio(self) -> MaskSpec:
+        for name, strategy, ratio in (("ratio", self.strategy, self.ratio),
+                                      ("decoder_ratio", self.decoder_strategy, self.decoder_ratio)):
+            if strategy == "running_cell" and not 0 < int(4 * ratio) < 4:
+                raise ValueError(f"{name} {ratio}: running_cell drops ⌊4·ratio⌋ of each 2×2 cell, "
+                                 f"so it needs 0.25 ≤ ratio < 1")
+        return self
 
 
 def num_visible(num_units: int, ratio: float) -> int:
