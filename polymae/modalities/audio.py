@@ -296,7 +296,8 @@ class AudioPlugin(ModalityPlugin):
         return masked_mse(pred, self.target(values), mask)
 
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
-        """original | masked input (hidden patches grey) | reconstruction, each (F, T', 3) with
+        """original | masked input (hidden patches grey) | reconstruction (hidden patches predicted,
+        visible ones pasted), each (F, T', 3) with
         frequency upwards and time to the right, cropped to the windows' valid time patches."""
         p, (h, w) = self.config.patch_size, self.grid
         values = stream.values
@@ -313,4 +314,5 @@ class AudioPlugin(ModalityPlugin):
         hidden = spec(np.repeat(~stream.visible[:, None], p * p, axis=1)).T[::-1, :, None] > 0.5  # (F, T', 1)
         masked = np.where(hidden, np.uint8(128), colourize(original, lo, hi))
         gap = np.full((original.shape[1], 4, 3), 255, dtype=np.uint8)
-        return np.concatenate([colourize(original, lo, hi), gap, masked, gap, colourize(spec(pred), lo, hi)], axis=1)
+        pasted = np.where(stream.visible[:, None], values, pred)  # visible patches as they were
+        return np.concatenate([colourize(original, lo, hi), gap, masked, gap, colourize(spec(pasted), lo, hi)], axis=1)
