@@ -95,3 +95,33 @@ def test_loss_falls_when_training_on_one_batch():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.7 * first
+
+
+def test_position_every_block_is_added_before_each_block():
+    """Point-MAE's encoder adds the position code before every block, not once at the input."""
+    from polymae.modalities.image import ImagePlugin
+
+    class EveryBlock(ImagePlugin):
+        position_every_block = True
+
+    plugin = EveryBlock({"img_size": 32})
+    rng = np.random.default_rng(0)
+    streams = [plugin.tokenize(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), None) for _ in range(2)]
+    policy = MaskPolicy({"image": MaskSpec(ratio=0.75)})
+    for i, s in enumerate(streams):
+        policy.apply({"image": s}, f"s{i}", 0)
+    batch = {k: torch.as_tensor(v) for k, v in streams_to_columns("image", streams).items()}
+    torch.manual_seed(0)
+    model = PolyMAE({"image": plugin}, resolve_model_config("tiny")).eval()
+    latent, _, _ = model.forward_encoder(batch)
+    # by hand: visible tokens (no position at the input), cls first, position before each block
+    vis = batch["image.visible"]
+    tokens = model.embed["image"](batch["image.values"]) + model.modality_embed["image"]
+    pos = model.position["image"](batch["image.coords"])
+    x = torch.stack([tokens[i][vis[i]] for i in range(2)])
+    p = torch.stack([pos[i][vis[i]] for i in range(2)])
+    x = torch.cat([model.cls_token.expand(2, -1, -1), x], dim=1)
+    p = torch.cat([torch.zeros_like(p[:, :1]), p], dim=1)
+    for block in model.blocks:
+        x = block(x + p)
+    assert torch.allclose(latent, model.norm(x), atol=1e-5)

@@ -50,6 +50,7 @@ class ModalityPlugin(ABC):
     reference: ClassVar[str] = ""
     statistics: ClassVar[tuple[str, ...]] = ()  # names of the additive statistics scan_file returns
     default_mask: ClassVar[dict[str, Any]] = {"strategy": "random", "ratio": 0.75}  # the reference's mask
+    position_every_block: ClassVar[bool] = False  # Point-MAE adds the position code before every block
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None or isinstance(config, dict):

@@ -33,10 +33,21 @@ def _blocks(width: int, depth: int, heads: int, cfg: ModelConfig) -> nn.ModuleLi
     )
 
 
-def _run(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+def _run(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None,
+         pos: torch.Tensor | None = None) -> torch.Tensor:
+    """The blocks in turn; ``pos`` (same shape as x), if given, is added before every block."""
     for block in blocks:
-        x = block(x, attn_mask=attn_mask)
+        x = block(x if pos is None else x + pos, attn_mask=attn_mask)
     return x
+
+
+def _with_cls(x: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, K, W) → (B, 1+K, W) with zeros in the cls slot."""
+    return None if x is None else torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x], dim=1)
+
+
+def _gather(x: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def loss_mask(batch: Batch, modality: str) -> torch.Tensor:
@@ -88,6 +99,17 @@ class PolyMAE(nn.Module):
     def _cat(self, batch: Batch, field: str) -> torch.Tensor:
         return torch.cat([batch[column(m, field)] for m in self.modalities], dim=1)
 
+    def _positions(self, modules: nn.ModuleDict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position codes (B, N, width): the part added once to the input, and the part added
+        before every block (modalities whose plugin sets ``position_every_block``, as Point-MAE);
+        the second is None when no modality asks for it."""
+        codes = [modules[m](batch[column(m, "coords")]) for m in self.modalities]
+        every = [self.plugins[m].position_every_block for m in self.modalities]
+        if not any(every):
+            return torch.cat(codes, dim=1), None
+        once = torch.cat([torch.zeros_like(c) if e else c for c, e in zip(codes, every, strict=True)], dim=1)
+        return once, torch.cat([c if e else torch.zeros_like(c) for c, e in zip(codes, every, strict=True)], dim=1)
+
     def _split(self, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         sizes = [batch[column(m, "valid")].shape[1] for m in self.modalities]
         return dict(zip(self.modalities, torch.split(x, sizes, dim=1), strict=True))
@@ -101,14 +123,9 @@ class PolyMAE(nn.Module):
         visible token (K = the most visible tokens of any sample in the batch; samples with
         fewer are padded and the padding is masked out of attention).
         """
-        tokens = torch.cat(
-            [
-                self.embed[m](batch[column(m, "values")])
-                + self.position[m](batch[column(m, "coords")])
-                + self.modality_embed[m]
-                for m in self.modalities
-            ],
-            dim=1,
+        pos_once, pos_every = self._positions(self.position, batch)
+        tokens = pos_once + torch.cat(
+            [self.embed[m](batch[column(m, "values")]) + self.modality_embed[m] for m in self.modalities], dim=1
         )
         visible = self._cat(batch, "visible") & self._cat(batch, "valid")
         counts = visible.sum(dim=1)
@@ -116,14 +133,14 @@ class PolyMAE(nn.Module):
         ids_shuffle = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # visible first
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :k]
-        x = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        x = _gather(tokens, ids_keep)
         keep = torch.arange(k, device=x.device)[None] < counts[:, None]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         attn_mask = None
         if not bool(keep.all()):
             with_cls = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
             attn_mask = with_cls[:, None, None, :]
-        x = self.norm(_run(self.blocks, x, attn_mask))
+        x = self.norm(_run(self.blocks, x, attn_mask, _with_cls(_gather(pos_every, ids_keep))))
         return x, ids_restore, keep
 
     def forward_decoder(
@@ -140,18 +157,15 @@ class PolyMAE(nn.Module):
         x = torch.where(keep[..., None], x, self.mask_token)  # padding slots become mask tokens
         x = torch.cat([x, mask_tokens], dim=1)
         x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = x + torch.cat(
-            [
-                self.decoder_position[m](batch[column(m, "coords")]) + self.decoder_modality_embed[m]
-                for m in self.modalities
-            ],
-            dim=1,
-        )
+        pos_once, pos_every = self._positions(self.decoder_position, batch)
+        x = x + pos_once + torch.cat([self.decoder_modality_embed[m].expand(b, batch[column(m, "valid")].shape[1], -1)
+                                      for m in self.modalities], dim=1)
         sees = (self._cat(batch, "visible") | self._cat(batch, "decoded")) & self._cat(batch, "valid")
-        x = self._decode(cls, x, sees)
+        x = self._decode(cls, x, sees, pos_every)
         return {m: self.heads[m](part) for m, part in self._split(x, batch).items()}
 
-    def _decode(self, cls: torch.Tensor, x: torch.Tensor, sees: torch.Tensor) -> torch.Tensor:
+    def _decode(self, cls: torch.Tensor, x: torch.Tensor, sees: torch.Tensor,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder blocks over cls + the tokens where ``sees`` (B, N) is true.
 
         x (B, N, dw) → (B, N, dw); tokens the decoder does not see (padding, and VideoMAE V2's
@@ -159,17 +173,18 @@ class PolyMAE(nn.Module):
         different counts, the kept tokens are gathered first, padded and attention-masked.
         """
         if bool(sees.all()):
-            return self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, x], dim=1), None))[:, 1:]
+            return self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, x], dim=1), None, _with_cls(pos)))[:, 1:]
         b, n, _ = x.shape
         counts = sees.sum(dim=1)
         k = int(counts.max())
         ids = torch.argsort((~sees).to(torch.int8), dim=1, stable=True)[:, :k]  # seen tokens first
         slot = torch.arange(k, device=x.device)[None] < counts[:, None]
-        sub = torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+        sub = _gather(x, ids)
         attn_mask = None
         if not bool(slot.all()):
             attn_mask = torch.cat([slot.new_ones(b, 1), slot], dim=1)[:, None, None, :]
-        y = self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, sub], dim=1), attn_mask))[:, 1:]
+        sub_pos = _with_cls(_gather(pos, ids))
+        y = self.decoder_norm(_run(self.decoder_blocks, torch.cat([cls, sub], dim=1), attn_mask, sub_pos))[:, 1:]
         y = y * slot[..., None].to(y.dtype)
         return y.new_zeros(b, n, y.shape[-1]).scatter(1, ids[..., None].expand(-1, -1, y.shape[-1]), y)
 
