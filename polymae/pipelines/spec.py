@@ -227,6 +227,7 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
     if problems:
         raise SpecError(problems)
     resolve_paths(spec, Path(base_dir))
+    spec.tokenizer.mask = spec.mask_specs()  # the plugins' reference masks made explicit: saved with the run
     return spec
 
 
