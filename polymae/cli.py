@@ -21,6 +21,8 @@ def _cmd_modalities(args: argparse.Namespace) -> int:
         tokens = plugin["tokens"]
         print(f"{plugin['name']}  ({plugin['reference']})  tokens N={tokens['N']} D={tokens['D']} "
               f"C={tokens['C']}  extensions: {' '.join(plugin['extensions'])}")
+        mask = plugin["default_mask"]
+        print(f"    default mask: {', '.join(f'{k}={v}' for k, v in mask.items())}")
         for key, value in plugin["config"].items():
             print(f"    {key} = {value}")
     print(f"mask strategies: {', '.join(available_strategies())}")
