@@ -87,3 +87,13 @@ def test_tiny_audio_mae_loss_falls_30_percent(ray_local):
     assert len(files) == 5 and spec.sources[0].config["std"] > 0
     before, after = train_and_evaluate(spec, files)
     assert after <= 0.7 * before
+
+
+def test_tiny_point_mae_loss_falls_30_percent():
+    """Point-MAE settings (1024 points, 64 groups of 32, random 60 %, Chamfer-L2) on the shipped
+    bunny mesh and kitten scan."""
+    spec = _spec("points", [ROOT / "examples/data/points"], {}, {"ratio": 0.6}, steps=80, lr=1e-3)
+    files = discover(spec.sources[0], (".obj", ".xyz"))
+    assert len(files) == 2
+    before, after = train_and_evaluate(spec, files, eval_size=2)
+    assert after <= 0.7 * before
