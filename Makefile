@@ -24,6 +24,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python bench/mae_step.py
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/points_tokenize.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -97,7 +97,12 @@ def farthest_points(points: np.ndarray, count: int) -> np.ndarray:
 def group(points: np.ndarray, centres: np.ndarray, k: int) -> np.ndarray:
     """Each centre's k nearest points, nearest first (ties by point order) → indices (G, k)."""
     d2 = ((centres[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
-    return np.argsort(d2, axis=1, kind="stable")[:, :k]
+    if k >= d2.shape[1]:
+        return np.argsort(d2, axis=1, kind="stable")[:, :k]
+    # partial selection (O(P) per centre, not a full sort), then order the k by (distance, index)
+    near = np.sort(np.argpartition(d2, k - 1, axis=1)[:, :k], axis=1)
+    order = np.argsort(np.take_along_axis(d2, near, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(near, order, axis=1)
 
 
 def sniff(data: bytes) -> str | None:
