@@ -1,4 +1,4 @@
-"""`polymae run` on real video and audio files with bad ones mixed in, against a real MLflow
+"""`polymae run` on real video, audio and point-cloud files with bad ones mixed in, against a real MLflow
 server: counts add up, every bad file is quarantined with its reason, the renders (PNG strip,
 GIF for video) reach MLflow, audio's dataset statistics are resolved into the saved spec."""
 
@@ -89,3 +89,18 @@ def test_audio_run_resolves_statistics_and_quarantines(tmp_path, ray_local, mlfl
     client = MlflowClient(mlflow_server)
     assert "renders/step000004.png" in {a.path for a in client.list_artifacts(result.run_id, "renders")}
     assert np.isfinite(result.eval_loss)
+
+
+def test_points_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
+    folder = tmp_path / "points"
+    shutil.copytree(DATA / "points", folder)
+    (folder / "garbage.ply").write_text("ply\nformat nonsense\nend_header\n1 2 3\n")
+    (folder / "nan.xyz").write_text("0 0 0\nnan 1 2\n" * 40)
+    (folder / "empty.pcd").write_bytes(b"")
+    result = run_pipeline(_spec("points", folder, tmp_path, mlflow_server, {}, {"strategy": "block", "ratio": 0.6}),
+                          run_name="points-itest")
+    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3, "samples": 2}
+    reasons = _quarantined(result)
+    assert "non-finite" in reasons["nan.xyz"] and "empty" in reasons["empty.pcd"]
+    assert "renders/step000004.png" in {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.run_id,
+                                                                                                    "renders")}
