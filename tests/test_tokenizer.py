@@ -85,5 +85,38 @@ def test_block_masks_are_blockier_than_random():
 
 
 def test_unknown_strategy_names_allowed_values():
-    with pytest.raises(ValueError, match="allowed: block, frequency, random, running_cell, time, tube"):
+    with pytest.raises(ValueError, match="allowed: block, frequency, radial, random, running_cell, time, tube"):
         MaskSpec(strategy="tube-ish")
+
+
+def _ring(n: int = 4000, seed: int = 0):
+    """Metric (x, y) token centres all around a sensor at the origin, 2–50 m away."""
+    rng = np.random.default_rng(seed)
+    angle, dist = rng.uniform(0, 2 * np.pi, n), rng.uniform(2, 50, n)
+    coords = np.stack([dist * np.cos(angle), dist * np.sin(angle), rng.normal(0, 1, n)], axis=1)
+    return TokenStream(np.zeros((n, 3)), coords, np.arange(n), np.ones(n, bool))
+
+
+def test_radial_sectors_cover_the_full_circle_and_keep_the_fraction():
+    stream = _ring()
+    spec = MaskSpec(strategy="radial", ratio=0.8, sector_degrees=1.0)
+    kept = MaskPolicy({"lidar": spec})({"lidar": stream}, np.random.default_rng(1))["lidar"]
+    angle = np.degrees(np.arctan2(stream.coords[:, 1], stream.coords[:, 0])) % 360
+    kept_sectors = np.unique(np.floor(angle[kept]).astype(int))
+    assert len(kept_sectors) == num_visible(360, 0.8) == 72  # 20 % of the 360 one-degree sectors
+    assert kept_sectors.min() < 90 and kept_sectors.max() >= 270  # all four quadrants, not 0–90°
+    assert {int(q) for q in kept_sectors // 90} == {0, 1, 2, 3}
+    for s in kept_sectors:  # whole sectors: every token of a kept sector is kept, none of the others
+        in_sector = np.floor(angle).astype(int) == s
+        assert kept[in_sector].all()
+    assert abs(kept.mean() - 0.2) < 1 / 360 + 0.02  # token fraction ≈ 20 % (uniform ring)
+
+
+def test_radial_never_keeps_padding_and_hides_whole_sectors():
+    stream = _ring(720)
+    stream.valid[:100] = False
+    spec = MaskSpec(strategy="radial", ratio=0.8, sector_degrees=10.0)
+    kept = MaskPolicy({"lidar": spec})({"lidar": stream}, np.random.default_rng(0))["lidar"]
+    assert not kept[:100].any()
+    sector = (np.degrees(np.arctan2(stream.coords[:, 1], stream.coords[:, 0])) % 360 // 10).astype(int)
+    assert len(np.unique(sector[kept])) == num_visible(36, 0.8)

@@ -48,6 +48,8 @@ class MaskSpec(BaseModel):
     # block (BEiT): smallest block in units, aspect-ratio range of each block
     min_block: int = Field(4, ge=1)
     max_aspect: float = Field(3.0, ge=1.0)
+    # radial (R-MAE): width of the angular sectors around the sensor
+    sector_degrees: float = Field(1.0, gt=0.0, le=360.0)
     # VideoMAE V2 dual masking: which of the hidden tokens the decoder sees and reconstructs
     decoder_strategy: str | None = Field(None, description="e.g. running_cell; None: the decoder sees all")
     decoder_ratio: float = Field(0.5, ge=0.0, lt=1.0, description="fraction the decoder drops")
@@ -228,6 +230,21 @@ def nearest_block(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator)
     hidden = len(valid) - num_visible(len(valid), spec.ratio)
     kept[valid[order[hidden:]]] = True
     return kept & stream.valid
+
+
+@register_strategy("radial")
+def radial_sectors(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator) -> np.ndarray:
+    """R-MAE radial masking: split the full circle around the sensor into sectors of
+    ``sector_degrees`` and keep ⌊S·(1−ratio)⌋ of the S sectors that hold a valid token (R-MAE:
+    1° sectors, 80 % hidden). Angles come from the metric x, y of the first two coordinate
+    columns, which the plugin gives relative to the sensor origin — not from grid indices
+    counted from a corner (the reference code's bug that confines its sectors to 0–90°).
+    """
+    angle = np.degrees(np.arctan2(stream.coords[:, 1], stream.coords[:, 0])) % 360.0
+    sector = np.floor(angle / spec.sector_degrees).astype(np.int64)
+    sectors = np.unique(sector[stream.valid])
+    keep = sectors[np.argsort(rng.random(len(sectors)), kind="stable")[: num_visible(len(sectors), spec.ratio)]]
+    return np.isin(sector, keep) & stream.valid
 
 
 class MaskPolicy:
