@@ -7,9 +7,13 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import pytest
+import torch
 
 from polymae.modalities.base import BadInputError
-from polymae.modalities.lidar import LidarConfig, read_scan, voxelize
+from polymae.modalities.lidar import BEV, LidarConfig, LidarPlugin, read_scan, voxelize
+from polymae.pipelines.spec import SpecError, parse_spec
+from polymae.testing import check_plugin
+from polymae.tokenizer.masking import MaskPolicy, MaskSpec, num_visible
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "lidar"
 KITTI, LAS = DATA / "mrpt_vlp16_scan_kitti_format.bin", DATA / "simple.las"
@@ -82,3 +86,61 @@ def test_out_of_range_scan_and_airborne_origin():
                       max_points_per_voxel=1000)  # a 3 × 5 km airborne tile
     pillars = voxelize(las, cfg)  # no sensor: centred on the scan's bounding box
     assert pillars.counts.sum() == len(las) and np.abs(pillars.centres).max() < 3000
+
+
+def small_plugin(**config) -> LidarPlugin:
+    return LidarPlugin({"max_voxels": 1024, "num_empty": 256, "max_points_per_voxel": 16, **config})
+
+
+def test_lidar_plugin_conformance_and_tokens():
+    plugin = small_plugin()
+    data = KITTI.read_bytes()
+    check_plugin(plugin, good=[data], bad=[b"", data[:-3], np.full((8, 4), np.nan, "<f4").tobytes()])
+    stream = plugin.tokenize(plugin.decode(data, str(KITTI)), None)
+    occupied = stream.values[:, -1] > 0.5
+    assert occupied.sum() == 1024 and (stream.unit < 0).sum() == 256 and stream.valid.sum() == 1280
+    assert np.array_equal(occupied, stream.unit >= 0)  # queries are the empty pillars
+
+
+def test_query_pillars_are_hidden_and_decoded_and_masks_count_real_ones():
+    plugin = small_plugin()
+    stream = plugin.tokenize(plugin.decode(KITTI.read_bytes(), str(KITTI)), np.random.default_rng(0))
+    policy = MaskPolicy({"lidar": MaskSpec(ratio=0.7, decoder_strategy="random", decoder_ratio=0.5)})
+    policy.apply({"lidar": stream}, "scan", 0)
+    queries = stream.unit < 0
+    assert not stream.visible[queries].any() and stream.decoded[queries].all()
+    assert stream.visible.sum() == num_visible(1024, 0.7)
+    radial = MaskPolicy({"lidar": MaskSpec(strategy="radial", ratio=0.8)})({"lidar": stream}, np.random.default_rng(0))
+    assert not radial["lidar"][queries].any()
+
+
+def test_loss_counts_masked_pillars_and_queries_only():
+    plugin = small_plugin()
+    stream = plugin.tokenize(plugin.decode(KITTI.read_bytes(), str(KITTI)), None)
+    values = torch.as_tensor(stream.values)[None]
+    target = plugin.target(values)
+    mask = torch.as_tensor(stream.valid & (np.arange(len(stream.valid)) % 2 == 0))[None]
+    assert float(plugin.loss(target, values, mask)) < 1e-6
+    wrong = target.clone()
+    wrong[0, ~mask[0]] += 3.0  # unmasked tokens: not in the loss
+    assert float(plugin.loss(wrong, values, mask)) < 1e-6
+    wrong[0, mask[0] & torch.as_tensor(stream.unit < 0), -1] = 20.0  # masked queries called occupied: BCE
+    assert float(plugin.loss(wrong, values, mask)) > 1.0
+
+
+def test_radial_without_sensor_origin_is_a_spec_error():
+    with pytest.raises(SpecError, match="radial masking needs the sensor position"):
+        parse_spec({"name": "l", "sources": [{"modality": "lidar", "paths": [str(LAS)],
+                                               "config": {"sensor_origin": None}}],
+                    "tokenizer": {"mask": {"lidar": {"strategy": "radial", "ratio": 0.8}}}})
+
+
+def test_bev_render():
+    plugin = small_plugin()
+    stream = plugin.tokenize(plugin.decode(KITTI.read_bytes(), str(KITTI)), None)
+    MaskPolicy({"lidar": MaskSpec(ratio=0.7)}).apply({"lidar": stream}, "scan", 0)
+    picture = plugin.render(stream, plugin.target(torch.as_tensor(stream.values)).numpy())
+    assert picture.shape == (BEV, 3 * BEV + 8, 3)
+    original, visible, recon = (picture[:, i * (BEV + 4) : i * (BEV + 4) + BEV] for i in range(3))
+    assert (original != 255).any() and (visible != 255).sum() < (original != 255).sum()
+    assert np.array_equal(recon != 255, original != 255)  # a perfect prediction redraws the scan

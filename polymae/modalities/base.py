@@ -87,6 +87,11 @@ class ModalityPlugin(ABC):
         spectrogram mean and std); they are merged into the source config and saved with the run."""
         return {}
 
+    def check_mask(self, spec: Any) -> str | None:
+        """A reason why this plugin (as configured) cannot use a mask spec, or None. Called when a
+        pipeline spec is validated, so the error comes before anything runs."""
+        return None
+
     @property
     @abstractmethod
     def token_shape(self) -> tuple[int, int, int]:

@@ -1,13 +1,17 @@
-"""LiDAR scans (Voxel-MAE / R-MAE): reading scans and voxelising them into pillars.
+"""LiDAR plugin (Voxel-MAE, R-MAE): a scan → pillars (0.5 × 0.5 m over ±50 m) → one token per
+non-empty pillar, plus query tokens at empty pillars for the occupancy loss.
 
-This module holds the LiDAR plugin's data half, built and tested first: ``read_scan`` (KITTI
-``.bin``, PCD / PLY through open3d, LAS / LAZ through laspy with the lazrs backend) and
-``voxelize`` (Voxel-MAE's 0.5 × 0.5 m pillars over ±50 m, a point cap per pillar and a pillar cap
-per scan). The plugin class (tokens, the Chamfer + occupancy loss, the bird's-eye render) is
-the next step of issue #4; the ``radial`` mask strategy it will use is in tokenizer/masking.py.
+``read_scan`` reads KITTI ``.bin``, PCD / PLY (open3d) and LAS / LAZ (laspy + lazrs);
+``voxelize`` makes the pillars with a point cap per pillar and a pillar cap per scan.
+Coordinates stay metric and relative to the sensor origin (``sensor_origin``), so the
+``radial`` mask (R-MAE) gets true angles: the reference code counts them from the grid corner.
 
-Coordinates stay metric and are taken relative to the sensor origin (``sensor_origin``), so
-ranges and angles are true ones: the reference code counts them from the grid corner.
+Token values of a pillar: its K points (x, y relative to the pillar centre, in voxel units;
+z / z_scale), zero-padded, then the count fraction n/K and occupancy (1; 0 for the empty query
+pillars). Query tokens (``unit = -1``) are never visible and always decoded, so the decoder
+learns which masked positions hold points (Voxel-MAE's occupancy). The loss (weights in the
+config): Chamfer-L2 between predicted and true points of masked occupied pillars + MSE of the
+count fraction + occupancy BCE over masked and query pillars.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 
-from polymae.modalities.base import BadInputError, PluginConfig
+from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.tokenizer.masking import MaskSpec
+from polymae.tokenizer.stream import TokenStream
 
+BEV = 320  # render: side of one bird's-eye panel, pixels
 KITTI_RECORD = 16  # bytes per point of a KITTI .bin: float32 x, y, z, intensity
+OCCUPANCY_LOGIT = 20.0  # target() states occupancy as a confident logit: target-as-prediction has ~0 loss
 
 
 class LidarConfig(PluginConfig):
@@ -36,6 +46,12 @@ class LidarConfig(PluginConfig):
     max_voxels: int = Field(4096, gt=0, description="pillar cap per scan")
     sensor_origin: tuple[float, float, float] | None = Field(
         (0.0, 0.0, 0.0), description="sensor position in the scan's frame; None (airborne LAS): the scan's centre")
+    num_empty: int = Field(1024, ge=0, description="query tokens at empty pillars, for the occupancy loss")
+    z_scale: float = Field(2.0, gt=0, description="heights are divided by this in token values")
+    rotate: bool = Field(True, description="training: random rotation about the vertical axis")
+    chamfer_weight: float = Field(1.0, ge=0)
+    count_weight: float = Field(1.0, ge=0)
+    occupancy_weight: float = Field(1.0, ge=0)
     max_file_bytes: int = Field(512 * 2**20, gt=0)
 
 
@@ -69,11 +85,24 @@ def _read_open3d(data: bytes, ext: str) -> np.ndarray:
     return np.concatenate([points, np.zeros((len(points), 1))], axis=1)
 
 
+def sniff_scan(data: bytes) -> str:
+    """The extension a scan's bytes look like (for paths without one): LAS by its signature,
+    PLY and PCD by their headers, otherwise a KITTI .bin."""
+    head = data[:256].lstrip()
+    if data[:4] == b"LASF":
+        return ".las"
+    if head.startswith(b"ply"):
+        return ".ply"
+    if head.startswith((b"# .PCD", b"VERSION")):
+        return ".pcd"
+    return ".bin"
+
+
 def read_scan(data: bytes, path: str) -> np.ndarray:
     """Bytes of a scan → (P, 4) float64 x, y, z, intensity (0 where the format has none)."""
     if len(data) == 0:
         raise BadInputError("empty file (0 bytes)")
-    ext = os.path.splitext(path)[1].lower()
+    ext = os.path.splitext(path)[1].lower() or sniff_scan(data)
     if ext == ".bin":
         points = _read_kitti(data)
     elif ext in (".las", ".laz"):
@@ -142,3 +171,138 @@ def voxelize(scan: np.ndarray, config: LidarConfig, rng: np.random.Generator | N
     index = np.where(slot < counts[:, None], rows[np.minimum(first[:, None] + slot, len(rows) - 1)], -1)
     points = np.where((index >= 0)[..., None], np.concatenate([xyz, scan[:, 3:4]], axis=1)[np.maximum(index, 0)], 0.0)
     return Pillars(centres, points.astype(np.float32), counts.astype(np.int64), index)
+
+
+class LidarPlugin(ModalityPlugin):
+    name = "lidar"
+    Config = LidarConfig
+    extensions = (".bin", ".pcd", ".ply", ".las", ".laz")
+    reference = "Voxel-MAE (Hess et al. 2023), R-MAE (Yang et al. 2023)"
+    default_mask = {"strategy": "random", "ratio": 0.7}
+    config: LidarConfig
+
+    @property
+    def token_shape(self) -> tuple[int, int, int]:
+        cfg = self.config
+        return cfg.max_voxels + cfg.num_empty, 3 * cfg.max_points_per_voxel + 2, 2
+
+    def check_mask(self, spec: MaskSpec) -> str | None:
+        if spec.strategy == "radial" and self.config.sensor_origin is None:
+            return "radial masking needs the sensor position: set sensor_origin (this scan has none, e.g. airborne LAS)"
+        return None
+
+    def decode(self, data: bytes, path: str) -> np.ndarray:
+        """Bytes → (P, 4) float64 x, y, z, intensity; at least one point in range."""
+        scan = read_scan(data, path)
+        voxelize(scan, self.config)  # raises when nothing is in range
+        return scan
+
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+        cfg = self.config
+        if rng is not None and cfg.rotate:  # Voxel-MAE's global rotation, about the sensor
+            origin = np.zeros(3) if cfg.sensor_origin is None else np.asarray(cfg.sensor_origin)
+            a = rng.uniform(-np.pi, np.pi)
+            turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            array = array.copy()
+            array[:, :2] = (array[:, :2] - origin[:2]) @ turn.T + origin[:2]
+        pillars = voxelize(array, cfg, rng)
+        n, d, _ = self.token_shape
+        k, v = cfg.max_points_per_voxel, len(pillars.counts)
+        values = np.zeros((n, d), np.float32)
+        coords = np.zeros((n, 2), np.float32)
+        rel = pillars.points[..., :3].copy()
+        rel[..., :2] = (rel[..., :2] - pillars.centres[:, None, :]) / cfg.voxel_size
+        rel[..., 2] /= cfg.z_scale
+        rel[np.arange(k)[None, :] >= pillars.counts[:, None]] = 0.0
+        values[:v, : 3 * k] = rel.reshape(v, 3 * k)
+        values[:v, 3 * k] = pillars.counts / k
+        values[:v, 3 * k + 1] = 1.0
+        coords[:v] = pillars.centres
+        empty = self._empty_cells(pillars.centres, rng)
+        coords[cfg.max_voxels : cfg.max_voxels + len(empty)] = empty
+        unit = np.arange(n)
+        unit[cfg.max_voxels :] = -1  # query tokens: never shown to the encoder
+        valid = np.zeros(n, bool)
+        valid[:v] = True
+        valid[cfg.max_voxels : cfg.max_voxels + len(empty)] = True
+        return TokenStream(values, coords, unit, valid)
+
+    def _empty_cells(self, occupied: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Centres (≤ num_empty, 2) of empty pillars in range: random in training, evenly strided."""
+        cfg = self.config
+        side = int(np.ceil(2 * cfg.range_xy / cfg.voxel_size))
+        taken = np.zeros(side * side, bool)
+        cells = np.floor((occupied + cfg.range_xy) / cfg.voxel_size).astype(np.int64)
+        taken[cells[:, 1] * side + cells[:, 0]] = True
+        free = np.flatnonzero(~taken)
+        count = min(cfg.num_empty, len(free))
+        pick = rng.choice(free, count, replace=False) if rng is not None else \
+            free[np.linspace(0, len(free) - 1, count).round().astype(np.int64)]
+        return (np.stack([pick % side, pick // side], axis=1) + 0.5) * cfg.voxel_size - cfg.range_xy
+
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        """The K point slots filled by repeating a pillar's n real points (so a prediction equal
+        to the target has zero Chamfer), the count fraction, occupancy as a confident logit."""
+        k = self.config.max_points_per_voxel
+        values = values.float()
+        counts = (values[..., 3 * k] * k).round().long().clamp(min=1)
+        slots = torch.arange(k, device=values.device) % counts[..., None]  # (..., K)
+        pts = torch.gather(values[..., : 3 * k].reshape(*values.shape[:-1], k, 3), -2,
+                           slots[..., None].expand(*slots.shape, 3))
+        occupancy = (2 * values[..., -1:] - 1) * OCCUPANCY_LOGIT
+        return torch.cat([pts.flatten(-2), values[..., 3 * k : 3 * k + 1], occupancy], dim=-1)
+
+    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Chamfer-L2 on the points + count MSE of masked occupied pillars; occupancy BCE on all
+        masked ones (query pillars included). pred (B, N, 3K+2), values (B, N, 3K+2), mask (B, N)."""
+        cfg, k = self.config, self.config.max_points_per_voxel
+        pred, values = pred.float(), values.float()
+        occupied = mask & (values[..., -1] > 0.5)
+        counts = (values[..., 3 * k] * k).round().long()
+        chamfer = pred.new_zeros(())
+        if bool(occupied.any()):
+            guess = pred[occupied][:, : 3 * k].reshape(-1, k, 3)
+            true = values[occupied][:, : 3 * k].reshape(-1, k, 3)
+            real = torch.arange(k, device=pred.device)[None] < counts[occupied][:, None]  # (M, K)
+            d2 = torch.cdist(guess, true) ** 2  # (M, K pred, K true)
+            to_true = d2.masked_fill(~real[:, None, :], float("inf")).min(dim=2).values.mean()
+            to_pred = d2.min(dim=1).values[real].mean()
+            chamfer = to_true + to_pred
+        count = F.mse_loss(pred[..., 3 * k][occupied], values[..., 3 * k][occupied]) if bool(occupied.any()) \
+            else pred.new_zeros(())
+        occupancy = F.binary_cross_entropy_with_logits(pred[..., -1][mask], values[..., -1][mask]) \
+            if bool(mask.any()) else pred.new_zeros(())
+        return cfg.chamfer_weight * chamfer + cfg.count_weight * count + cfg.occupancy_weight * occupancy
+
+    def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
+        """Bird's-eye view, original | visible pillars | reconstruction (visible pillars' points +
+        the predicted points of masked pillars predicted occupied), heights coloured."""
+        cfg, k = self.config, self.config.max_points_per_voxel
+        occupied = stream.valid & (stream.values[:, -1] > 0.5)
+        hidden = stream.valid & ~stream.visible
+
+        def points(values: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            rel = values[rows, : 3 * k].reshape(-1, k, 3)
+            xy = rel[..., :2] * cfg.voxel_size + stream.coords[rows][:, None, :]
+            pts = np.concatenate([xy, rel[..., 2:] * cfg.z_scale], axis=-1)
+            return pts[np.arange(k)[None, :] < counts[:, None]]
+
+        true_counts = np.rint(stream.values[:, 3 * k] * k).astype(int)
+        guess_counts = np.clip(np.rint(pred[:, 3 * k] * k), 0, k).astype(int)
+        original = points(stream.values, np.flatnonzero(occupied), true_counts[occupied])
+        seen = occupied & stream.visible
+        visible = points(stream.values, np.flatnonzero(seen), true_counts[seen])
+        shown = hidden & (pred[:, -1] > 0)
+        recon = np.concatenate([visible, points(pred, np.flatnonzero(shown), guess_counts[shown])])
+        gap = np.full((BEV, 4, 3), 255, np.uint8)
+        return np.concatenate([self._bev(original), gap, self._bev(visible), gap, self._bev(recon)], axis=1)
+
+    def _bev(self, pts: np.ndarray) -> np.ndarray:
+        """(P, 3) metric points → (BEV, BEV, 3) image of ±range, x right, y up, coloured by z."""
+        r = self.config.range_xy
+        canvas = np.full((BEV, BEV, 3), 255, np.uint8)
+        col = np.clip(((pts[:, 0] + r) / (2 * r) * BEV).astype(int), 0, BEV - 1)
+        row = np.clip(((r - pts[:, 1]) / (2 * r) * BEV).astype(int), 0, BEV - 1)
+        z = np.clip((pts[:, 2] - self.config.z_range[0]) / (self.config.z_range[1] - self.config.z_range[0]), 0, 1)
+        canvas[row, col] = np.stack([255 * z, 80 + 100 * (1 - z), 255 * (1 - z)], axis=1).astype(np.uint8)
+        return canvas

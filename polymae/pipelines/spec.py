@@ -220,6 +220,15 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
             lines = _format(err, prefix=f"sources.{i}.config.")
             problems += [ln + (f"; allowed: {', '.join(config_cls.model_fields)}" if "unknown field" in ln else "")
                          for ln in lines]
+    masks = spec.mask_specs()
+    for i, source in enumerate(spec.sources):
+        try:
+            plugin = get_plugin_class(source.modality)(source.config)
+        except ValidationError:
+            continue  # already reported above
+        reason = plugin.check_mask(masks[source.modality])
+        if reason:
+            problems.append(f"tokenizer.mask.{source.modality} (with sources.{i}.config): {reason}")
     unknown = sorted(set(spec.tokenizer.mask) - set(spec.modalities))
     if unknown:
         problems.append(f"tokenizer.mask: {unknown} not among the sources' modalities; allowed: "

@@ -247,6 +247,13 @@ def radial_sectors(stream: TokenStream, spec: MaskSpec, rng: np.random.Generator
     return np.isin(sector, keep) & stream.valid
 
 
+def _without_queries(stream: TokenStream) -> TokenStream:
+    """The stream as the strategies see it: query tokens (unit < 0) count as padding."""
+    if not (stream.unit < 0).any():
+        return stream
+    return TokenStream(stream.values, stream.coords, stream.unit, stream.valid & (stream.unit >= 0))
+
+
 class MaskPolicy:
     """Marks ``visible`` (and ``decoded``) on every modality of a sample, one spec per modality."""
 
@@ -257,11 +264,14 @@ class MaskPolicy:
     def __call__(
         self, sample: dict[str, TokenStream], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
-        """Visible flags per modality. Modalities are masked independently (SatMAE, CAV-MAE)."""
+        """Visible flags per modality. Modalities are masked independently (SatMAE, CAV-MAE).
+
+        Query tokens (``unit < 0``: positions a plugin asks the decoder about, such as LiDAR's
+        empty pillars) are never visible and the ratio counts the other tokens only."""
         out: dict[str, np.ndarray] = {}
         for name in sorted(sample):  # sorted: the draw order is fixed, so masks are reproducible
-            spec = self.specs.get(name, MaskSpec())
-            out[name] = _STRATEGIES[spec.strategy](sample[name], spec, rng)
+            spec, stream = self.specs.get(name, MaskSpec()), _without_queries(sample[name])
+            out[name] = _STRATEGIES[spec.strategy](stream, spec, rng) & stream.valid
         return out
 
     def decoder_masks(
@@ -275,7 +285,8 @@ class MaskPolicy:
                 out[name] = stream.valid.copy()
             else:
                 decoder_spec = MaskSpec(strategy=spec.decoder_strategy, ratio=spec.decoder_ratio)
-                out[name] = _STRATEGIES[spec.decoder_strategy](stream, decoder_spec, rng) & stream.valid
+                kept = _STRATEGIES[spec.decoder_strategy](_without_queries(stream), decoder_spec, rng)
+                out[name] = (kept | (stream.unit < 0)) & stream.valid  # queries are always decoded
         return out
 
     def apply(self, sample: dict[str, TokenStream], sample_id: str, epoch: int) -> None:

@@ -97,3 +97,14 @@ def test_tiny_point_mae_loss_falls_30_percent():
     assert len(files) == 2
     before, after = train_and_evaluate(spec, files, eval_size=2)
     assert after <= 0.7 * before
+
+
+def test_tiny_lidar_mae_loss_falls_30_percent():
+    """Voxel-MAE settings (0.5 m pillars over ±50 m, random 70 %, Chamfer + count + occupancy BCE
+    with empty-pillar queries) on the shipped Velodyne VLP-16 sweep; CPU-sized caps."""
+    config = {"max_voxels": 1024, "num_empty": 256, "max_points_per_voxel": 16}
+    spec = _spec("lidar", [ROOT / "examples/data/lidar/mrpt_vlp16_scan_kitti_format.bin"], config,
+                 {"ratio": 0.7}, steps=60, lr=1e-3)
+    files = discover(spec.sources[0], (".bin",))
+    before, after = train_and_evaluate(spec, files, eval_size=1)
+    assert after <= 0.7 * before
