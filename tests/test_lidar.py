@@ -144,3 +144,14 @@ def test_bev_render():
     original, visible, recon = (picture[:, i * (BEV + 4) : i * (BEV + 4) + BEV] for i in range(3))
     assert (original != 255).any() and (visible != 255).sum() < (original != 255).sum()
     assert np.array_equal(recon != 255, original != 255)  # a perfect prediction redraws the scan
+
+
+def test_reads_laz_through_the_lazrs_backend(tmp_path):
+    import laspy
+
+    las = laspy.read(str(LAS))
+    path = tmp_path / "simple.laz"
+    las.write(str(path))  # compressed: the suffix selects LAZ, lazrs encodes it
+    assert path.stat().st_size < LAS.stat().st_size
+    back = read_scan(path.read_bytes(), str(path))
+    assert np.allclose(back, read_scan(LAS.read_bytes(), str(LAS)))

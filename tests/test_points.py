@@ -374,3 +374,13 @@ def test_trains_in_the_model():
     grads = [p.grad for p in model.embed.parameters()] + [p.grad for p in model.position.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
+
+
+def test_ply_with_faces_is_sampled_on_its_surface(tmp_path):
+    mesh = o3d.io.read_triangle_mesh(str(BUNNY))
+    path = tmp_path / "bunny_mesh.ply"
+    o3d.io.write_triangle_mesh(str(path), mesh)
+    points = PointsPlugin().decode(path.read_bytes(), str(path))
+    assert points.shape == (8192, 3)  # surface samples, not the 1,839 vertices
+    as_obj = PointsPlugin().decode(BUNNY.read_bytes(), str(BUNNY))
+    assert as_obj.shape == (8192, 3)

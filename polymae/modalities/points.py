@@ -239,9 +239,9 @@ class PointsPlugin(ModalityPlugin):
                 source = tmp.name
             try:
                 with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-                    if ext in CLOUD_EXTENSIONS:
+                    mesh = o3d.io.read_triangle_mesh(source) if ext in MESH_EXTENSIONS + (".ply",) else None
+                    if mesh is None or len(mesh.triangles) == 0 and ext == ".ply":  # a PLY without faces
                         return np.asarray(o3d.io.read_point_cloud(source, format="auto").points)
-                    mesh = o3d.io.read_triangle_mesh(source)
             except (RuntimeError, ValueError, OSError) as err:
                 raise BadInputError(f"corrupt {ext} file: {err}") from err
         vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
