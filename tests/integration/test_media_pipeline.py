@@ -1,5 +1,5 @@
-"""`polymae run` on real video, audio and point-cloud files with bad ones mixed in, against a real MLflow
-server: counts add up, every bad file is quarantined with its reason, the renders (PNG strip,
+"""`polymae run` on real video, audio, point-cloud and LiDAR files with bad ones mixed in, against a real
+MLflow server: counts add up, every bad file is quarantined with its reason, the renders (PNG strip,
 GIF for video) reach MLflow, audio's dataset statistics are resolved into the saved spec."""
 
 from __future__ import annotations
@@ -104,3 +104,21 @@ def test_points_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
     assert "non-finite" in reasons["nan.xyz"] and "empty" in reasons["empty.pcd"]
     assert "renders/step000004.png" in {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.run_id,
                                                                                                     "renders")}
+
+
+def test_lidar_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
+    folder = tmp_path / "lidar"
+    folder.mkdir()
+    sweep = (DATA / "lidar" / "mrpt_vlp16_scan_kitti_format.bin").read_bytes()
+    (folder / "sweep.bin").write_bytes(sweep)
+    (folder / "cut.bin").write_bytes(sweep[:-7])
+    (folder / "far.bin").write_bytes((np.frombuffer(sweep, "<f4").reshape(-1, 4) + [900, 0, 0, 0]).astype("<f4"))
+    (folder / "bad.las").write_bytes(b"XXXX" + (DATA / "lidar" / "simple.las").read_bytes()[4:])
+    config = {"max_voxels": 256, "num_empty": 64, "max_points_per_voxel": 8}
+    result = run_pipeline(_spec("lidar", folder, tmp_path, mlflow_server, config,
+                                {"strategy": "radial", "ratio": 0.8}), run_name="lidar-itest")
+    assert result.counts == {"total": 4, "tokenized": 1, "quarantined": 3, "samples": 1}
+    reasons = _quarantined(result)
+    assert "multiple of 16" in reasons["cut.bin"] and "no points within" in reasons["far.bin"]
+    assert "LAS" in reasons["bad.las"]
+    assert np.isfinite(result.eval_loss)
