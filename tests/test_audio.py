@@ -15,7 +15,8 @@ import torchaudio
 from pydantic import ValidationError
 
 from polymae.modalities import BadInputError
-from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank, patchify, unpatchify
+from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank
+from polymae.modalities.image import patchify, unpatchify
 from polymae.testing import check_plugin
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec
 
@@ -104,8 +105,8 @@ def test_normalisation_is_audiomae_formula(speech):
 
 def test_patchify_round_trip_and_mae_order():
     spec = np.random.default_rng(0).normal(size=(1024, 128)).astype(np.float32)
-    tokens = patchify(spec, 16)
-    assert tokens.shape == (512, 256) and np.array_equal(unpatchify(tokens, 16, 64, 8), spec)
+    tokens = patchify(spec[..., None], 16)
+    assert tokens.shape == (512, 256) and np.array_equal(unpatchify(tokens, 16, 64, 8, channels=1)[..., 0], spec)
     # AudioMAE patchifies the (1, 1024, 128) fbank "image" with MAE's einsum('nchpwq->nhwpqc')
     x = torch.from_numpy(spec)[None, None].reshape(1, 1, 64, 16, 8, 16)
     assert np.array_equal(torch.einsum("nchpwq->nhwpqc", x).reshape(1, 512, 256)[0].numpy(), tokens)
@@ -141,7 +142,7 @@ def test_long_recording_gives_windows(files):
     assert not np.allclose(streams[0].values, streams[1].values)
     assert not np.allclose(streams[1].values[:232], streams[2].values[:232])
     feats = plugin.features(plugin.decode(data, "long.flac"))
-    assert np.array_equal(streams[1].values, patchify(feats[1024:2048], 16))
+    assert np.array_equal(streams[1].values, patchify(feats[1024:2048, :, None], 16))
     assert np.array_equal(streams[0].values, plugin.tokenize(plugin.decode(data, "long.flac"), None).values)
     assert len(AudioPlugin({"min_window_frames": 451}).tokenize_file(data, "x.flac", None)) == 2
     overlap = AudioPlugin({"window_hop": 512})

@@ -40,6 +40,8 @@ import torchaudio
 from pydantic import Field, model_validator
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.colour import viridis
+from polymae.modalities.image import patchify, unpatchify
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.tokenizer.stream import TokenStream
 
@@ -48,7 +50,6 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974  # AudioMAE's AudioSet fbank statistics
 STD_FLOOR = 1e-3  # an all-silent dataset has std 0: floor it so normalisation stays finite
 _PCM_TAGS = (1, 3, 6, 7, 0xFFFE)  # WAV codecs whose block_align is the size of one frame
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
 
 
 class AudioConfig(PluginConfig):
@@ -89,17 +90,6 @@ def fbank(waveform: np.ndarray, config: AudioConfig) -> np.ndarray:
     return feats.numpy()
 
 
-def patchify(spec: np.ndarray, p: int) -> np.ndarray:
-    """(T, F) → (T/p · F/p, p·p), patches in (time, frequency) row-major order, as MAE's patchify."""
-    h, w = spec.shape[0] // p, spec.shape[1] // p
-    return spec.reshape(h, p, w, p).transpose(0, 2, 1, 3).reshape(h * w, p * p)
-
-
-def unpatchify(tokens: np.ndarray, p: int, h: int, w: int) -> np.ndarray:
-    """(h·w, p·p) → (h·p, w·p): inverse of :func:`patchify`."""
-    return tokens.reshape(h, w, p, p).transpose(0, 2, 1, 3).reshape(h * p, w * p)
-
-
 def _riff_truncation(data: bytes) -> str | None:
     """A reason when a RIFF/WAVE ``data`` chunk claims more bytes than the file holds, else None.
     (libsndfile clamps the frame count silently.) Sizes 0 and 0xFFFFFFFF mean "unknown" (streams)."""
@@ -122,10 +112,8 @@ def _riff_truncation(data: bytes) -> str | None:
 
 
 def colourize(spec: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(T, F) → (F, T, 3) uint8 viridis-like picture, low frequencies at the bottom."""
-    x = np.clip((spec.T[::-1] - lo) / max(hi - lo, 1e-6), 0, 1) * (len(_VIRIDIS) - 1)
-    stops = np.arange(len(_VIRIDIS))
-    return np.stack([np.interp(x, stops, _VIRIDIS[:, c]) for c in range(3)], axis=-1).round().astype(np.uint8)
+    """(T, F) → (F, T, 3) uint8 viridis picture, low frequencies at the bottom."""
+    return viridis((spec.T[::-1] - lo) / max(hi - lo, 1e-6))
 
 
 class AudioPlugin(ModalityPlugin):
@@ -259,8 +247,8 @@ class AudioPlugin(ModalityPlugin):
         window = np.zeros((self.config.target_length, self.config.num_mel_bins), dtype=np.float32)
         window[: len(spec)] = spec[: len(window)]
         t, f = np.divmod(np.arange(h * w), w)
-        return TokenStream(values=patchify(window, p), coords=np.stack([t, f], axis=1), unit=np.arange(h * w),
-                           valid=t * p < min(len(spec), len(window)))
+        return TokenStream(values=patchify(window[..., None], p), coords=np.stack([t, f], axis=1),
+                           unit=np.arange(h * w), valid=t * p < min(len(spec), len(window)))
 
     def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
         """The first window (no augmentation: AudioMAE pre-trains without any, so rng is unused)."""
@@ -307,7 +295,7 @@ class AudioPlugin(ModalityPlugin):
         frames = (int(rows.max()) + 1 if len(rows) else h) * p
 
         def spec(tokens: np.ndarray) -> np.ndarray:
-            return unpatchify(tokens.astype(np.float32), p, h, w)[:frames]
+            return unpatchify(tokens.astype(np.float32), p, h, w, channels=1)[:frames, :, 0]
 
         original = spec(values)
         lo, hi = float(original.min()), float(original.max())

@@ -40,14 +40,14 @@ class ImageConfig(PluginConfig):
 
 
 def patchify(image: np.ndarray, p: int) -> np.ndarray:
-    """(H, W, 3) → (H/p · W/p, p·p·3), patches in row-major order, values in (row, col, ch)."""
-    h, w = image.shape[0] // p, image.shape[1] // p
-    return image.reshape(h, p, w, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * w, p * p * 3)
+    """(H, W, C) → (H/p · W/p, p·p·C), patches in row-major order, values in (row, col, ch)."""
+    h, w, c = image.shape[0] // p, image.shape[1] // p, image.shape[2]
+    return image.reshape(h, p, w, p, c).transpose(0, 2, 1, 3, 4).reshape(h * w, p * p * c)
 
 
-def unpatchify(tokens: np.ndarray, p: int, h: int, w: int) -> np.ndarray:
-    """(h·w, p·p·3) → (h·p, w·p, 3): inverse of :func:`patchify`."""
-    return tokens.reshape(h, w, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * p, w * p, 3)
+def unpatchify(tokens: np.ndarray, p: int, h: int, w: int, channels: int = 3) -> np.ndarray:
+    """(h·w, p·p·C) → (h·p, w·p, C): inverse of :func:`patchify`."""
+    return tokens.reshape(h, w, p, p, channels).transpose(0, 2, 1, 3, 4).reshape(h * p, w * p, channels)
 
 
 def _random_resized_crop_box(
@@ -64,10 +64,10 @@ def _random_resized_crop_box(
         h = int(round(np.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return _centre_box(height, width)
+    return centre_box(height, width)
 
 
-def _centre_box(height: int, width: int) -> tuple[int, int, int, int]:
+def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
     side = min(height, width)
     return (height - side) // 2, (width - side) // 2, side, side
 
@@ -128,7 +128,7 @@ class ImagePlugin(ModalityPlugin):
         if rng is not None and cfg.random_crop:
             top, left, h, w = _random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
         else:
-            top, left, h, w = _centre_box(height, width)
+            top, left, h, w = centre_box(height, width)
         crop = Image.fromarray(array[top : top + h, left : left + w])
         out = np.asarray(crop.resize((cfg.img_size, cfg.img_size), Image.BICUBIC))
         if rng is not None and cfg.hflip and rng.random() < 0.5:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.colour import viridis
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -304,5 +305,5 @@ class LidarPlugin(ModalityPlugin):
         col = np.clip(((pts[:, 0] + r) / (2 * r) * BEV).astype(int), 0, BEV - 1)
         row = np.clip(((r - pts[:, 1]) / (2 * r) * BEV).astype(int), 0, BEV - 1)
         z = np.clip((pts[:, 2] - self.config.z_range[0]) / (self.config.z_range[1] - self.config.z_range[0]), 0, 1)
-        canvas[row, col] = np.stack([255 * z, 80 + 100 * (1 - z), 255 * (1 - z)], axis=1).astype(np.uint8)
+        canvas[row, col] = viridis(z)
         return canvas

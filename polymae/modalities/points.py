@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.colour import viridis
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.tokenizer.stream import TokenStream
 
@@ -51,7 +52,6 @@ CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
 MESH_EXTENSIONS = (".obj", ".off", ".stl")
 PANEL = 224  # render: side of one panel, pixels
 VIEWS = ((30.0, 30.0), (30.0, 150.0), (90.0, 0.0))  # render: (pitch, yaw) of the three viewpoints
-_RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
 _NUMBER = re.compile(rb"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)
 
 
@@ -355,8 +355,7 @@ class Projection:
             p = (points @ self.rotation.T - self.centre) * [self.scale, -self.scale, 1.0]
             col, row = (np.floor(np.clip(p[:, i] + PANEL / 2, -1, PANEL)).astype(np.int64) for i in (0, 1))
             lo, hi = self.depth
-            shade = np.clip((p[:, 2] - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_RAMP) - 1)
-            rgb = np.stack([np.interp(shade, np.arange(len(_RAMP)), _RAMP[:, c]) for c in range(3)], axis=1)
+            rgb = viridis((p[:, 2] - lo) / max(hi - lo, 1e-9)).astype(np.float32)
             if colour is not None:
                 rgb[:] = colour
             dots = [(row + dr, col + dc) for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1))]

@@ -30,7 +30,7 @@ from PIL import Image
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.modalities.image import IMAGENET_MEAN, IMAGENET_STD, _centre_box
+from polymae.modalities.image import IMAGENET_MEAN, IMAGENET_STD, centre_box
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.tokenizer.stream import TokenStream
 
@@ -191,7 +191,7 @@ class VideoPlugin(ModalityPlugin):
         """VideoMAE's multi-scale crop: side lengths from scales of the short side, at most one
         scale step apart, at a random position; a centre square for evaluation."""
         if rng is None:
-            return _centre_box(height, width)
+            return centre_box(height, width)
         scales = self.config.crop_scales
         base = min(height, width)
         pairs = [(i, j) for i in range(len(scales)) for j in range(len(scales)) if abs(i - j) <= 1]
