@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -87,7 +88,7 @@ class ModalityPlugin(ABC):
         spectrogram mean and std); they are merged into the source config and saved with the run."""
         return {}
 
-    def check_mask(self, spec: Any) -> str | None:
+    def check_mask(self, spec: MaskSpec) -> str | None:
         """A reason why this plugin (as configured) cannot use a mask spec, or None. Called when a
         pipeline spec is validated, so the error comes before anything runs."""
         return None
