@@ -1,4 +1,4 @@
-"""``polymae``: run pipelines, validate specs, list plugins."""
+"""``polymae``: run, plan and submit pipelines; follow cluster jobs; register and use models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from polymae.pipelines.spec import SpecError, load_spec
+from polymae.pipelines.spec import PipelineSpec, SpecError, load_spec
 
 
 def _cmd_modalities(args: argparse.Namespace) -> int:
@@ -37,16 +37,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _spec(args: argparse.Namespace) -> PipelineSpec:
     overrides = list(args.set)
-    if args.address:
+    if getattr(args, "address", None) and args.command == "run":
         overrides.append(f"runtime.address={args.address}")
-    spec = load_spec(args.spec, overrides)  # fails here, before Ray starts, on a bad spec
+    return load_spec(args.spec, overrides)  # fails here, before anything starts, on a bad spec
 
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    spec = _spec(args)
     from polymae.orchestration.run import run_pipeline, shutdown
 
     try:
-        result = run_pipeline(spec, run_name=args.run_name)
+        result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache)
     finally:
         shutdown()
     uri = result.tracking_uri
@@ -56,21 +59,153 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from polymae.orchestration.run import plan
+
+    stages = plan(_spec(args), use_cache=not args.no_cache)
+    print(f"{'stage':<16} {'kind':<9} {'needs':<20} {'fingerprint':<14} action")
+    for s in stages:
+        action = f"reuse {s.reuse[1]} (run {s.reuse[0]})" if s.reuse else "run"
+        print(f"{s.name:<16} {s.kind:<9} {','.join(s.needs) or '-':<20} {s.fingerprint[:12]:<14} {action}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from polymae.orchestration import jobs
+
+    job_id = jobs.submit(_spec(args), args.address, args.run_name, args.resume)
+    print(f"[polymae] submitted job {job_id}; follow it with: polymae logs {job_id} --follow")
+    if not args.wait:
+        return 0
+    status = jobs.wait(job_id, args.address)
+    print(f"[polymae] job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from polymae.orchestration import jobs
+
+    info = jobs.client(args.address).get_job_info(args.job)
+    print(f"{args.job}: {info.status}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from polymae.orchestration import jobs
+
+    client = jobs.client(args.address)
+    if not args.follow:
+        print(client.get_job_logs(args.job), end="")
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(args.job):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from polymae.orchestration import jobs
+
+    stopped = jobs.client(args.address).stop_job(args.job)
+    print(f"{args.job}: {'stop requested' if stopped else 'not running'}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from polymae.orchestration.tracking import resolve_tracking_uri, set_alias
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    versions = MlflowClient(uri).search_model_versions(f"run_id = '{args.run}'")
+    if not versions:
+        print(f"polymae: run {args.run} registered no model version", file=sys.stderr)
+        return 2
+    newest = max(versions, key=lambda v: int(v.version))
+    set_alias(uri, newest.name, newest.version, args.alias)
+    print(f"[polymae] models:/{newest.name}@{args.alias} → version {newest.version} (run {args.run})")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from polymae.orchestration.embed import embed_files
+    from polymae.orchestration.run import shutdown
+    from polymae.orchestration.tracking import download_checkpoint, resolve_tracking_uri
+
+    checkpoint = download_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
+    import ray
+
+    ray.init(address=args.address, num_cpus=None if args.address else 2, include_dashboard=False)
+    try:
+        counts = embed_files(checkpoint, args.data, args.output)
+    finally:
+        shutdown()
+    print(f"[polymae] {counts['files']} files: {counts['embedded']} embedded ({counts['rows']} rows) "
+          f"+ {counts['quarantined']} quarantined → {args.output}")
+    return 0
+
+
+def _spec_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set train.steps=50 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polymae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a pipeline spec end to end")
-    run.add_argument("spec")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec field, e.g. --set train.steps=50 (repeatable)")
+    _spec_args(run)
     run.add_argument("--address", help="Ray address of an existing cluster (default: embedded Ray)")
     run.add_argument("--run-name", help="MLflow/output run name; the same name again resumes")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    run.add_argument("--no-cache", action="store_true", help="run every stage, reusing nothing")
     run.set_defaults(func=_cmd_run)
 
+    plan = sub.add_parser("plan", help="print the stage DAG and which stages would run or be reused")
+    _spec_args(plan)
+    plan.add_argument("--no-cache", action="store_true")
+    plan.set_defaults(func=_cmd_plan)
+
+    submit = sub.add_parser("submit", help="run a spec on a Ray cluster as a Ray Job")
+    _spec_args(submit)
+    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default RAY_ADDRESS)")
+    submit.add_argument("--run-name", help="MLflow run name; the same name again resumes")
+    submit.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run")
+    submit.add_argument("--wait", action="store_true", help="wait for the job; exit 1 unless it succeeds")
+    submit.set_defaults(func=_cmd_submit)
+
+    for name, func, text in (("status", _cmd_status, "a job's status"), ("logs", _cmd_logs, "a job's logs"),
+                             ("stop", _cmd_stop, "stop a job")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job", help="the submission id `polymae submit` printed")
+        cmd.add_argument("--address", help="the cluster's dashboard address (default RAY_ADDRESS)")
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="stream until the job ends")
+        cmd.set_defaults(func=func)
+
+    register = sub.add_parser("register", help="point a registry alias at the model version a run registered")
+    register.add_argument("run", help="MLflow run id")
+    register.add_argument("--alias", required=True, help="e.g. champion")
+    register.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    register.set_defaults(func=_cmd_register)
+
+    embed = sub.add_parser("embed", help="encoder embeddings of files → Parquet (Ray Data)")
+    embed.add_argument("data", nargs="+", help="files or folders of the model's modality")
+    embed.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    embed.add_argument("--output", required=True, help="folder for embeddings/ and quarantine.parquet")
+    embed.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    embed.add_argument("--address", help="Ray address (default: an embedded Ray)")
+    embed.set_defaults(func=_cmd_embed)
+
     validate = sub.add_parser("validate", help="check a spec and print it resolved")
-    validate.add_argument("spec")
-    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _spec_args(validate)
     validate.set_defaults(func=_cmd_validate)
 
     mods = sub.add_parser("modalities", help="list modality plugins with their defaults")

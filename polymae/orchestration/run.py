@@ -1,38 +1,26 @@
-"""``polymae run``: one pipeline spec end to end.
+"""``polymae run``: one pipeline spec end to end, stage by stage through its DAG.
 
-    scan (Ray Data) ──▶ quarantine table + counts ──▶ token stream (Ray Data, masks made here)
-    ──▶ TorchTrainer workers ──▶ final checkpoint ──▶ MLflow: renders, eval loss, model version
+    scan (Ray Data) ──▶ quarantine table + counts ──▶ train (token stream with masks made in
+    Ray Data ──▶ TorchTrainer workers) ──▶ evaluate (renders, eval loss) ──▶ register (MLflow)
+
+A stage whose fingerprint a finished run already recorded takes that run's output instead of
+running again (``polymae plan`` shows which will).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import ray
-import torch
-from mlflow.tracking import MlflowClient
-from PIL import Image
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
-from polymae.orchestration.runtime import cluster_has_gpus, init_ray
-from polymae.orchestration.tracking import log_model, resolve_tracking_uri, start_run
-from polymae.orchestration.train import train_loop_per_worker
-from polymae.pipelines.data import (
-    fixed_batch,
-    samples_per_epoch,
-    scan,
-    token_dataset,
-    write_quarantine,
-    write_token_shards,
-)
+from polymae.orchestration.checkpoint import checkpoint_step
+from polymae.orchestration.runtime import init_ray
+from polymae.orchestration.stages import STAGES, RunContext
+from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
+from polymae.pipelines.dag import fingerprints, topological_order
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
-from polymae.tokenizer.stream import columns_to_streams
 
 
 @dataclass
@@ -43,128 +31,72 @@ class RunResult:
     output_dir: Path
     counts: dict[str, int]
     final_step: int
-    eval_loss: float
-    checkpoint: Path
+    eval_loss: float | None
+    checkpoint: Path | None
     model_version: str | None
     resumed: bool = False
+    stages: dict[str, str] | None = None  # stage name → "ran" or "reused <run id>"
 
 
-def evaluate(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-    """Loss (fp32, eval mode) on a fixed batch and the per-modality predictions."""
-    model.eval()
-    tensors = {k: torch.as_tensor(v) for k, v in batch.items() if "." in k}
-    with torch.no_grad():
-        loss, _, preds = model(tensors)
-    return float(loss), {m: p.numpy() for m, p in preds.items()}
+@dataclass
+class PlannedStage:
+    name: str
+    kind: str
+    needs: list[str]
+    fingerprint: str
+    reuse: tuple[str, str] | None  # (run id, output) of a recorded output with this fingerprint
 
 
-def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> list[Path]:
-    """One PNG: a row per sample of the fixed batch, per modality the plugin's render; and a GIF
-    per modality whose plugin animates (its first sample). → the files written."""
-    _, preds = evaluate(model, batch)
-    rows, written = [], [path]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for m, plugin in model.plugins.items():
-        streams = columns_to_streams(m, batch)
-        for stream, pred in zip(streams, preds[m], strict=True):
-            rows.append(plugin.render(stream, pred))
-        frames = plugin.render_frames(streams[0], preds[m][0])
-        if frames:
-            gif = path.with_name(f"{path.stem}_{m}.gif")
-            images = [Image.fromarray(f) for f in frames]
-            images[0].save(gif, save_all=True, append_images=images[1:], duration=200, loop=0)
-            written.append(gif)
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    return written
+def plan(spec: PipelineSpec, use_cache: bool = True) -> list[PlannedStage]:
+    """The stages in the order they run, each with its fingerprint and what it would reuse."""
+    prints = fingerprints(spec)
+    uri = resolve_tracking_uri(spec.tracking.uri)
+    out = []
+    for stage in topological_order(spec.stages):
+        found = find_stage_output(uri, spec.tracking.experiment, stage.name, prints[stage.name]) if use_cache else None
+        out.append(PlannedStage(stage.name, stage.kind, stage.needs, prints[stage.name], found))
+    return out
 
 
-def log_eval(client: MlflowClient, run_id: str, model: torch.nn.Module, batch: dict[str, np.ndarray],
-             step: int, out_dir: Path) -> float:
-    """Eval loss on the fixed batch and its reconstruction PNG, logged at ``step``."""
-    loss, _ = evaluate(model, batch)
-    client.log_metric(run_id, "eval/loss", loss, step=step)
-    for picture in render(model, batch, out_dir / "renders" / f"step{step:06d}.png"):
-        client.log_artifact(run_id, str(picture), "renders")
-    return loss
-
-
-def run_pipeline(spec: PipelineSpec, run_name: str | None = None) -> RunResult:
+def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id: str | None = None,
+                 use_cache: bool = True) -> RunResult:
+    """Run every stage of ``spec``; ``run_name`` (or ``resume_run_id``) of an earlier run
+    continues that run: same MLflow run, training from its last checkpoint."""
     run_name = run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = resolve_tracking_uri(spec.tracking.uri)
+    planned = plan(spec, use_cache)  # before the run exists: a run never reuses its own new output
+    run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id)
     out_dir = (Path(spec.outputs.dir) / run_name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)
-    uri = resolve_tracking_uri(spec.tracking.uri)
-    run_id, resumed = start_run(spec, uri, run_name)
-    client = MlflowClient(uri)
     print(f"[polymae] run {run_name!r} ({'resumed' if resumed else 'new'}): MLflow {uri} run {run_id}")
 
-    # 1. scan: every file ends as a good sample or a quarantine row
-    scanned = scan(spec)  # also resolves dataset statistics into the source configs
-    counts = scanned.counts
-    (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
-    client.log_text(run_id, spec_to_yaml(spec), "spec.yaml")
-    write_quarantine(scanned.quarantine, str(out_dir / "quarantine.parquet"))
-    client.log_artifact(run_id, str(out_dir / "quarantine.parquet"))
-    for key, value in counts.items():
-        client.log_metric(run_id, f"data/{key}", value)
-    print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
-          f"+ {counts['quarantined']} quarantined ({out_dir / 'quarantine.parquet'}); "
-          f"{counts['samples']} samples per epoch")
-    for row in scanned.quarantine:
-        print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
-    if not scanned.good:
-        raise RuntimeError("no usable input files: see the quarantine table")
-    if spec.outputs.token_shards:
-        write_token_shards(spec, scanned.good, str(out_dir / "tokens"))
+    ctx = RunContext(spec, run_id, uri, out_dir, {p.name: p.fingerprint for p in planned})
+    by_name = {s.name: s for s in spec.stages}
+    done: dict[str, str] = {}
+    for step in planned:
+        stage, runner = by_name[step.name], STAGES[step.kind]
+        if step.reuse and runner.restore(ctx, stage, step.reuse[1]):
+            print(f"[polymae] stage {step.name} ({step.kind}): unchanged, reusing {step.reuse[1]} "
+                  f"(run {step.reuse[0]})")
+            record_stage(ctx.client, run_id, step.name, step.fingerprint, step.reuse[1], reused_from=step.reuse[0])
+            done[step.name] = f"reused {step.reuse[0]}"
+            continue
+        print(f"[polymae] stage {step.name} ({step.kind}): running")
+        output = runner.run(ctx, stage)
+        record_stage(ctx.client, run_id, step.name, step.fingerprint, output)
+        done[step.name] = "ran"
 
-    # 2. where training starts: Ray Train's own latest checkpoint of this run, or resume_from
-    resume = latest_checkpoint(out_dir / "train") or spec.train.resume_from
-    start_step = checkpoint_step(resume) if resume else 0
-    eval_batch = fixed_batch(spec, scanned.good)
-    np.savez(out_dir / "eval_batch.npz", **{k: v for k, v in eval_batch.items() if "." in k})
-    client.log_artifact(run_id, str(out_dir / "eval_batch.npz"))
-    model = build_model(spec)
-    if resume:
-        load_weights(resume, model)
-    log_eval(client, run_id, model, eval_batch, start_step, out_dir)
-
-    # 3. train
-    train = spec.train
-    if start_step < train.steps:
-        batch = train.batch_size
-        stream = token_dataset(spec, scanned.good, start_step * batch,
-                               (train.steps - start_step) * batch + samples_per_epoch(scanned.good))
-        stream = stream.drop_columns(["sample_id"])  # strings do not become tensors
-        use_gpu = train.use_gpu == "yes" or (train.use_gpu == "auto" and cluster_has_gpus())
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "spec": spec.model_dump(mode="json"), "run_id": run_id, "tracking_uri": uri,
-                "start_step": start_step, "resume_from": str(resume) if resume else None,
-                "threads": max(1, (os.cpu_count() or 1) // train.workers),
-            },
-            scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": train.cpus_per_worker}),
-            datasets={"train": stream},
-            run_config=RunConfig(name="train", storage_path=str(out_dir),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        )
-        trainer.fit()
-    final = latest_checkpoint(out_dir / "train") or resume
-    final_step = checkpoint_step(final)
-
-    # 4. the end: eval loss and render of the final model, the checkpoint, the model version
-    load_weights(final, model)
-    loss = log_eval(client, run_id, model, eval_batch, final_step, out_dir)
-    client.log_artifacts(run_id, str(final), "checkpoint")
-    version = log_model(uri, run_id, str(final), spec.tracking.registered_model or spec.name)
-    client.set_terminated(run_id)
-    print(f"[polymae] done: step {final_step}, eval loss {loss:.4f}, model "
-          f"{spec.tracking.registered_model or spec.name} v{version}; outputs in {out_dir}")
-    return RunResult(run_id, run_name, uri, out_dir, counts, final_step, loss, Path(final), version, resumed)
+    ctx.client.set_terminated(run_id)
+    checkpoint = next(iter(ctx.checkpoints.values()), None)
+    final_step = checkpoint_step(checkpoint) if checkpoint else 0
+    counts = next(iter(ctx.scans.values())).counts if ctx.scans else {}
+    model = spec.tracking.registered_model or spec.name
+    print(f"[polymae] done: step {final_step}, eval loss {ctx.eval_loss}, model {model} v{ctx.model_version}; "
+          f"outputs in {out_dir}")
+    return RunResult(run_id, run_name, uri, out_dir, counts, final_step, ctx.eval_loss, checkpoint,
+                     ctx.model_version, resumed, done)
 
 
 def shutdown() -> None:

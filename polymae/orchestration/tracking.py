@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from polymae import __version__
+from polymae.pipelines.dag import spec_fingerprint
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ RUN_NAME_TAG = "polymae.run_name"
 def resolve_tracking_uri(uri: str | None) -> str:
     """Default: a SQLite store in the working directory, as an absolute URI so Ray workers
     (whose working directory differs) write to the same place."""
-    return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -56,24 +58,79 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def start_run(spec: PipelineSpec, uri: str, run_name: str) -> tuple[str, bool]:
-    """→ (run id, resumed). A run whose name was used before in the experiment is reopened."""
+def git_commit() -> str | None:
+    """The commit of the PolyMAE checkout that runs (``POLYMAE_GIT_COMMIT`` when set, as a
+    submitted job sets it: the cluster copy has no .git), with ``-dirty`` for local changes."""
+    if os.environ.get("POLYMAE_GIT_COMMIT"):
+        return os.environ["POLYMAE_GIT_COMMIT"]
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def start_run(spec: PipelineSpec, uri: str, run_name: str, run_id: str | None = None) -> tuple[str, str, bool]:
+    """→ (run id, run name, resumed). ``run_id`` reopens that run; otherwise a run whose name
+    was used before in the experiment is reopened, or a new one is made."""
     client = MlflowClient(uri)
     exp = experiment_id(client, spec.tracking.experiment, uri)
-    previous = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                                  max_results=1)
-    if previous:
-        run_id = previous[0].info.run_id
+    if run_id is None:
+        previous = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                      max_results=1)
+        run_id = previous[0].info.run_id if previous else None
+    tags = {"polymae.spec_fingerprint": spec_fingerprint(spec), "polymae.version": __version__}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if run_id is not None:
+        run = client.get_run(run_id)  # raises for an unknown id
         client.update_run(run_id, status="RUNNING")
-        return run_id, True
-    run = client.create_run(exp, run_name=run_name, tags={RUN_NAME_TAG: run_name,
-                                                         "polymae.version": __version__})
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        return run_id, run.data.tags.get(RUN_NAME_TAG, run.info.run_name), True
+    run = client.create_run(exp, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
     params = _flatten(spec.model_dump(mode="json"))
     items = list(params.items())
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
     client.log_text(run.info.run_id, spec_to_yaml(spec), "spec.yaml")
-    return run.info.run_id, False
+    return run.info.run_id, run_name, False
+
+
+def stage_tag(name: str) -> str:
+    return f"polymae.stage.{name}.fingerprint"
+
+
+def find_stage_output(uri: str, experiment: str, name: str, fingerprint: str) -> tuple[str, str] | None:
+    """(run id, output) of the newest run that recorded stage ``name`` with this fingerprint."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{stage_tag(name)}` = '{fingerprint}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    return runs[0].info.run_id, runs[0].data.tags[f"polymae.stage.{name}.output"]
+
+
+def record_stage(client: MlflowClient, run_id: str, name: str, fingerprint: str, output: str,
+                 reused_from: str | None = None) -> None:
+    """The stage's fingerprint and output location, as tags of the run (the cache's index)."""
+    client.set_tag(run_id, stage_tag(name), fingerprint)
+    client.set_tag(run_id, f"polymae.stage.{name}.output", output)
+    if reused_from:
+        client.set_tag(run_id, f"polymae.stage.{name}.reused_from", reused_from)
+
+
+def set_alias(uri: str, name: str, version: str, alias: str) -> None:
+    """Point registry alias ``alias`` of model ``name`` at ``version``."""
+    MlflowClient(uri).set_registered_model_alias(name, alias, version)
 
 
 class MetricLogger:
@@ -121,14 +178,22 @@ def log_model(uri: str, run_id: str, checkpoint_dir: str, registered_model: str)
     return str(info.registered_model_version)
 
 
-def load_registered_model(model_uri: str, uri: str | None = None) -> tuple[torch.nn.Module, PipelineSpec]:
-    """``models:/NAME/VERSION`` (or ``@alias``) → (PolyMAE in eval mode, its spec)."""
-    from polymae.orchestration.checkpoint import load_model
-
+def download_checkpoint(model_uri: str, uri: str | None = None) -> str:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (or a checkpoint folder, as is) →
+    a local checkpoint folder."""
+    if os.path.isdir(model_uri):
+        return model_uri
     if uri:
         mlflow.set_tracking_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     for dirpath, _, names in os.walk(local):
         if "model.pt" in names and "spec.yaml" in names:
-            return load_model(dirpath)
+            return dirpath
     raise FileNotFoundError(f"no PolyMAE checkpoint inside {model_uri}")
+
+
+def load_registered_model(model_uri: str, uri: str | None = None) -> tuple[torch.nn.Module, PipelineSpec]:
+    """``models:/NAME/VERSION`` (or ``@alias``) → (PolyMAE in eval mode, its spec)."""
+    from polymae.orchestration.checkpoint import load_model
+
+    return load_model(download_checkpoint(model_uri, uri))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class SampleFile:
     sample_id: str  # stable across machines: the path relative to its source root
     path: str
     num_samples: int = 1  # samples the file yields (known after the scan)
+    sha256: str = ""  # of the file's bytes (known after the scan)
 
 
 def view_id(sample_id: str, view: int) -> str:
@@ -82,12 +84,14 @@ def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dic
     """map_batches: decode each file once; report its sample count and statistics, or the
     stage and reason it failed (a failed file's statistics are 0, so totals cover good files)."""
     plugin = make_plugin(modality, config)
-    stages, reasons, counts = [], [], []
+    stages, reasons, counts, digests = [], [], [], []
     stats: dict[str, list[float]] = {key: [] for key in plugin.statistics}
     for path in batch["path"]:
-        stage, reason, count, found = "", "", 0, {}
+        stage, reason, count, found, digest = "", "", 0, {}, ""
         try:
-            count, found = plugin.scan_file(read_bytes(str(path), plugin), str(path))
+            data = read_bytes(str(path), plugin)
+            digest = hashlib.sha256(data).hexdigest()  # the dataset fingerprint's part
+            count, found = plugin.scan_file(data, str(path))
             if count < 1:
                 raise BadInputError("yields no samples")
         except BadInputError as err:
@@ -97,10 +101,11 @@ def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dic
         stages.append(stage)
         reasons.append(reason)
         counts.append(count)
+        digests.append(digest)
         for key in plugin.statistics:
             stats[key].append(float(found.get(key, 0.0)))
     return {**batch, "stage": np.array(stages, dtype=object), "reason": np.array(reasons, dtype=object),
-            "num_samples": np.array(counts, dtype=np.int64),
+            "num_samples": np.array(counts, dtype=np.int64), "sha256": np.array(digests, dtype=object),
             **{f"statistic_{key}": np.array(v, dtype=np.float64) for key, v in stats.items()}}
 
 
@@ -120,7 +125,7 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
             rows.append(ray.get(ref))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
             reason = f"the decoder crashed its process ({type(err).__name__})"
-            rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0,
+            rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",
                          **dict.fromkeys(keys, 0.0)})
     return rows
 
@@ -129,6 +134,11 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
 class ScanResult:
     good: list[SampleFile]
     quarantine: list[dict[str, str]]
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """sha256 over the good files' ids and contents: the same data gives the same value anywhere."""
+        return hashlib.sha256("\n".join(f"{f.sample_id} {f.sha256}" for f in self.good).encode()).hexdigest()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -140,8 +150,9 @@ def samples_per_epoch(files: list[SampleFile]) -> int:
     return sum(f.num_samples for f in files)
 
 
-def scan(spec: PipelineSpec) -> ScanResult:
-    """Decode every file of every source once with Ray Data; split good from quarantined.
+def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanResult:
+    """Decode every file of every source (or of ``sources``) once with Ray Data; split good
+    from quarantined.
 
     A plugin with ``statistics`` gets their totals over the good files (a Ray Data sum) turned
     into config fields by ``with_statistics``; they are written into the spec's source config,
@@ -149,7 +160,7 @@ def scan(spec: PipelineSpec) -> ScanResult:
     """
     good: list[SampleFile] = []
     quarantine: list[dict[str, str]] = []
-    for source in spec.sources:
+    for source in spec.sources if sources is None else sources:
         plugin = make_plugin(source.modality, source.config)
         files = discover(source, plugin.extensions)
         if not files:
@@ -169,7 +180,8 @@ def scan(spec: PipelineSpec) -> ScanResult:
                 quarantine.append({"path": row["path"], "modality": source.modality,
                                    "stage": row["stage"], "reason": row["reason"]})
             else:
-                good.append(SampleFile(ids[row["path"]].sample_id, row["path"], int(row["num_samples"])))
+                good.append(SampleFile(ids[row["path"]].sample_id, row["path"], int(row["num_samples"]),
+                                       str(row["sha256"])))
         if plugin.statistics:
             columns = [f"statistic_{key}" for key in plugin.statistics]
             totals = ds.sum(columns)  # {"sum(<column>)": total}, or the bare total for one column

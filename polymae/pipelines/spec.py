@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from polymae.modalities.registry import available_modalities, get_plugin_class
 from polymae.models.presets import PRESETS, ModelConfig
+from polymae.pipelines.dag import DEFAULT_STAGES, check_stages
 from polymae.tokenizer.masking import MaskSpec
 
 
@@ -80,6 +81,9 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(100, gt=0)
     log_every: int = Field(10, gt=0)
     resume_from: str | None = Field(None, description="a checkpoint folder to continue from")
+    max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the training workers on nodes")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSpec:
@@ -110,6 +114,13 @@ class RuntimeSpec(_Strict):
     object_store_memory: int = Field(1 << 30, gt=0)
 
 
+class StageSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: str = Field(description="a registered stage kind: scan, train, evaluate, register, embed")
+    needs: list[str] = Field(default_factory=list, description="stages that must finish first")
+    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
+
+
 class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -120,6 +131,7 @@ class PipelineSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(**s) for s in DEFAULT_STAGES])
 
     @property
     def modalities(self) -> list[str]:
@@ -229,6 +241,7 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
         reason = plugin.check_mask(masks[source.modality])
         if reason:
             problems.append(f"tokenizer.mask.{source.modality} (with sources.{i}.config): {reason}")
+    problems += check_stages(spec.stages, len(spec.sources))
     unknown = sorted(set(spec.tokenizer.mask) - set(spec.modalities))
     if unknown:
         problems.append(f"tokenizer.mask: {unknown} not among the sources' modalities; allowed: "

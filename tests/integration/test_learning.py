@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polymae.orchestration.checkpoint import build_model
-from polymae.orchestration.run import evaluate
+from polymae.orchestration.evaluation import evaluate
 from polymae.orchestration.train import learning_rate, make_optimizer
 from polymae.pipelines.data import (
     SampleFile,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from polymae.orchestration.run import evaluate, run_pipeline
+from polymae.orchestration.evaluation import evaluate
+from polymae.orchestration.run import run_pipeline
 from polymae.orchestration.tracking import load_registered_model
 from polymae.pipelines.spec import parse_spec
 

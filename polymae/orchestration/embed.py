@@ -1,0 +1,92 @@
+"""Encoder embeddings of files with a trained model, written to Parquet by Ray Data.
+
+    files ──▶ Ray Data map_batches (actors that load the model once): read → decode →
+    tokenize (evaluation views, every token visible) → encoder → normalised cls token
+    ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from polymae.modalities.base import BadInputError
+from polymae.modalities.registry import make_plugin
+from polymae.orchestration.checkpoint import load_model
+from polymae.pipelines.data import discover, read_bytes, tokenize_views, view_id, write_quarantine
+from polymae.pipelines.spec import SourceSpec
+from polymae.tokenizer.masking import MaskPolicy, MaskSpec
+from polymae.tokenizer.stream import streams_to_columns
+
+
+class Embedder:
+    """A Ray Data actor: the model is loaded once per actor, not once per batch."""
+
+    def __init__(self, checkpoint: str) -> None:
+        torch.set_num_threads(1)
+        self.model, spec = load_model(checkpoint)
+        self.source = spec.sources[0]
+        self.plugin = make_plugin(self.source.modality, self.source.config)
+        # no masking at inference: the encoder sees every token (query tokens stay hidden)
+        self.policy = MaskPolicy({self.plugin.name: MaskSpec(strategy="random", ratio=0.0)}, spec.seed)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, paths, streams, reasons = [], [], [], []
+        for sid, path in zip(batch["sample_id"], batch["path"], strict=True):
+            try:
+                data = read_bytes(str(path), self.plugin)
+                samples = tokenize_views(self.plugin, self.policy, data, str(path), str(sid), 0, 0, 0, 1 << 30,
+                                         train=False)
+            except BadInputError as err:
+                reasons.append({"path": str(path), "modality": self.plugin.name, "stage": err.stage,
+                                "reason": err.reason})
+                continue
+            except Exception as err:  # a decoder bug must not lose the file
+                reasons.append({"path": str(path), "modality": self.plugin.name, "stage": "decode",
+                                "reason": f"unexpected {type(err).__name__}: {err}"})
+                continue
+            for view, sample in enumerate(samples):
+                ids.append(view_id(str(sid), view))
+                paths.append(str(path))
+                streams.append(sample[self.plugin.name])
+        embeddings = np.zeros((0, self.model.cfg.width), np.float32)
+        if streams:
+            columns = streams_to_columns(self.plugin.name, streams)
+            with torch.no_grad():
+                embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()}).numpy()
+        padding = np.zeros((len(reasons), embeddings.shape[1]), np.float32)  # bad files' rows, dropped later
+        return {"sample_id": np.array(ids + [r["path"] for r in reasons], dtype=object),
+                "path": np.array(paths + [r["path"] for r in reasons], dtype=object),
+                "embedding": np.concatenate([embeddings.astype(np.float32), padding]),
+                "stage": np.array([""] * len(ids) + [r["stage"] for r in reasons], dtype=object),
+                "reason": np.array([""] * len(ids) + [r["reason"] for r in reasons], dtype=object)}
+
+
+def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurrency: int = 1) -> dict[str, Any]:
+    """Embed every file under ``paths`` with the model of ``checkpoint`` → Parquet shards in
+    ``output/embeddings`` and ``output/quarantine.parquet``; → counts (files, embedded,
+    quarantined, rows: a video or long recording gives a row per clip or window)."""
+    _, spec = load_model(checkpoint)
+    source = SourceSpec(modality=spec.sources[0].modality, paths=[str(Path(p).resolve()) for p in paths],
+                        config=spec.sources[0].config)
+    files = discover(source, make_plugin(source.modality, source.config).extensions)
+    if not files:
+        raise FileNotFoundError(f"no {source.modality} files under {paths}")
+    rows = ray.data.from_items([{"sample_id": f.sample_id, "path": f.path} for f in files]).map_batches(
+        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint)}, batch_size=8, batch_format="numpy",
+        concurrency=concurrency,
+    ).materialize()
+    good = rows.filter(lambda r: not r["reason"])
+    bad = rows.filter(lambda r: bool(r["reason"])).take_all()
+    Path(output).mkdir(parents=True, exist_ok=True)
+    good.drop_columns(["stage", "reason"]).write_parquet(str(Path(output) / "embeddings"))
+    write_quarantine([{"path": r["path"], "modality": source.modality, "stage": r["stage"], "reason": r["reason"]}
+                      for r in bad], str(Path(output) / "quarantine.parquet"))
+    embedded_rows = good.count()
+    quarantined = len({r["path"] for r in bad})
+    return {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,
+            "rows": embedded_rows}

@@ -1,0 +1,257 @@
+"""The stage kinds a pipeline DAG is made of, one class each, in one registry.
+
+Every kind can ``run`` (do the work, log it into the run, return where its output is) and
+``restore`` (take a recorded output of an earlier run with the same fingerprint instead of
+running; False when that output is gone, and then it runs).
+
+    scan      decode every file once → good files + quarantine table + statistics
+    train     TorchTrainer workers → the final checkpoint
+    evaluate  eval loss and reconstruction renders of the final model on a fixed batch
+    register  the checkpoint as a pyfunc model version in the MLflow registry
+    embed     encoder embeddings of a folder of files → Parquet (Ray Data)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
+from polymae.orchestration.evaluation import log_eval
+from polymae.orchestration.runtime import cluster_has_gpus
+from polymae.orchestration.tracking import log_model
+from polymae.orchestration.train import train_loop_per_worker
+from polymae.pipelines.dag import upstream_of_kind
+from polymae.pipelines.data import (
+    SampleFile,
+    ScanResult,
+    fixed_batch,
+    samples_per_epoch,
+    scan,
+    token_dataset,
+    write_quarantine,
+    write_token_shards,
+)
+from polymae.pipelines.spec import PipelineSpec, StageSpec, spec_to_yaml
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: where to log, and the outputs of finished stages."""
+
+    spec: PipelineSpec
+    run_id: str
+    tracking_uri: str
+    out_dir: Path
+    fingerprints: dict[str, str]
+    scans: dict[str, ScanResult] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    eval_loss: float | None = None
+    model_version: str | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+    def upstream(self, stage: StageSpec, kind: str) -> StageSpec:
+        return upstream_of_kind(stage, kind, {s.name: s for s in self.spec.stages})
+
+    def scan_of(self, stage: StageSpec) -> ScanResult:
+        return self.scans[self.upstream(stage, "scan").name]
+
+    def checkpoint_of(self, stage: StageSpec) -> Path:
+        return self.checkpoints[self.upstream(stage, "train").name]
+
+
+class Stage:
+    kind: ClassVar[str]
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        raise NotImplementedError
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        raise NotImplementedError
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    STAGES[cls.kind] = cls()
+    return cls
+
+
+@register_stage
+class ScanStage(Stage):
+    """Output: a folder (shared by runs) with ``scan.json`` (good files, resolved source
+    config) and ``quarantine.parquet``."""
+
+    kind = "scan"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        source = ctx.spec.sources[int(stage.options.get("source", 0))]
+        scanned = scan(ctx.spec, [source])  # also resolves dataset statistics into source.config
+        folder = Path(ctx.spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
+        record = {"good": [vars(f) for f in scanned.good], "quarantine": scanned.quarantine,
+                  "config": source.config}
+        (folder / "scan.json").write_text(json.dumps(record))
+        self._finish(ctx, stage, scanned)
+        return str(folder)
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        path = Path(output) / "scan.json"
+        if not path.is_file():
+            return False
+        record = json.loads(path.read_text())
+        ctx.spec.sources[int(stage.options.get("source", 0))].config.update(record["config"])
+        self._finish(ctx, stage, ScanResult([SampleFile(**f) for f in record["good"]], record["quarantine"]))
+        return True
+
+    def _finish(self, ctx: RunContext, stage: StageSpec, scanned: ScanResult) -> None:
+        """Log counts, the quarantine table and the resolved spec into this run."""
+        ctx.scans[stage.name] = scanned
+        client, out = ctx.client, ctx.out_dir
+        counts = scanned.counts
+        (out / "spec.yaml").write_text(spec_to_yaml(ctx.spec))  # with the resolved statistics
+        client.log_text(ctx.run_id, spec_to_yaml(ctx.spec), "spec.yaml")
+        write_quarantine(scanned.quarantine, str(out / "quarantine.parquet"))
+        client.log_artifact(ctx.run_id, str(out / "quarantine.parquet"))
+        for key, value in counts.items():
+            client.log_metric(ctx.run_id, f"data/{key}", value)
+        client.set_tag(ctx.run_id, "polymae.dataset_fingerprint", scanned.dataset_fingerprint)
+        print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
+              f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}); "
+              f"{counts['samples']} samples per epoch")
+        for row in scanned.quarantine:
+            print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
+        if not scanned.good:
+            raise RuntimeError("no usable input files: see the quarantine table")
+        if ctx.spec.outputs.token_shards:
+            write_token_shards(ctx.spec, scanned.good, str(out / "tokens"))
+
+
+@register_stage
+class TrainStage(Stage):
+    """Output: the final checkpoint folder. A run reopened by name continues from its own
+    latest checkpoint (or ``train.resume_from``); Ray Train restarts a failed worker group
+    from the last reported checkpoint up to ``train.max_failures`` times."""
+
+    kind = "train"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        spec, train, files = ctx.spec, ctx.spec.train, ctx.scan_of(stage).good
+        resume = latest_checkpoint(ctx.out_dir / "train") or train.resume_from
+        start_step = checkpoint_step(resume) if resume else 0
+        eval_batch = fixed_batch(spec, files)
+        np.savez(ctx.out_dir / "eval_batch.npz", **{k: v for k, v in eval_batch.items() if "." in k})
+        ctx.client.log_artifact(ctx.run_id, str(ctx.out_dir / "eval_batch.npz"))
+        model = build_model(spec)
+        if resume:
+            load_weights(resume, model)
+        log_eval(ctx.client, ctx.run_id, model, eval_batch, start_step, ctx.out_dir)
+        if start_step < train.steps:
+            batch = train.batch_size
+            stream = token_dataset(spec, files, start_step * batch,
+                                   (train.steps - start_step) * batch + samples_per_epoch(files))
+            stream = stream.drop_columns(["sample_id"])  # strings do not become tensors
+            use_gpu = train.use_gpu == "yes" or (train.use_gpu == "auto" and cluster_has_gpus())
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={
+                    "spec": spec.model_dump(mode="json"), "run_id": ctx.run_id, "tracking_uri": ctx.tracking_uri,
+                    "start_step": start_step, "resume_from": str(resume) if resume else None,
+                    "threads": max(1, (os.cpu_count() or 1) // train.workers),
+                },
+                scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,
+                                             resources_per_worker={"CPU": train.cpus_per_worker},
+                                             placement_strategy=train.placement_strategy),
+                datasets={"train": stream},
+                run_config=RunConfig(name="train", storage_path=str(ctx.out_dir),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                     failure_config=FailureConfig(max_failures=train.max_failures)),
+            )
+            trainer.fit()
+        final = latest_checkpoint(ctx.out_dir / "train") or resume
+        ctx.client.log_artifacts(ctx.run_id, str(final), "checkpoint")
+        ctx.checkpoints[stage.name] = Path(final)
+        return str(final)
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        if not (Path(output) / "model.pt").is_file():
+            return False
+        ctx.checkpoints[stage.name] = Path(output)
+        return True
+
+
+@register_stage
+class EvaluateStage(Stage):
+    """Output: ``evaluate.json`` (step, eval loss) in the run's folder; renders logged."""
+
+    kind = "evaluate"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        checkpoint = ctx.checkpoint_of(stage)
+        model = build_model(ctx.spec)
+        step = load_weights(checkpoint, model)
+        ctx.eval_loss = log_eval(ctx.client, ctx.run_id, model, fixed_batch(ctx.spec, ctx.scan_of(stage).good),
+                                 step, ctx.out_dir)
+        path = ctx.out_dir / f"{stage.name}.json"
+        path.write_text(json.dumps({"step": step, "eval_loss": ctx.eval_loss, "checkpoint": str(checkpoint)}))
+        return str(path)
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        if not Path(output).is_file():
+            return False
+        ctx.eval_loss = json.loads(Path(output).read_text())["eval_loss"]
+        return True
+
+
+@register_stage
+class RegisterStage(Stage):
+    """Output: ``models:/NAME/VERSION`` of the new model version."""
+
+    kind = "register"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        name = ctx.spec.tracking.registered_model or ctx.spec.name
+        ctx.model_version = log_model(ctx.tracking_uri, ctx.run_id, str(ctx.checkpoint_of(stage)), name)
+        return f"models:/{name}/{ctx.model_version}"
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        name, version = output.removeprefix("models:/").rsplit("/", 1)
+        try:
+            ctx.client.get_model_version(name, version)
+        except Exception:  # deleted from the registry: register again
+            return False
+        ctx.model_version = version
+        return True
+
+
+@register_stage
+class EmbedStage(Stage):
+    """Output: a Parquet folder of encoder embeddings (``options.paths``: the files to embed,
+    ``options.output``: where; default ``<run>/embeddings``)."""
+
+    kind = "embed"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        from polymae.orchestration.embed import embed_files
+
+        out = stage.options.get("output") or str(ctx.out_dir / f"{stage.name}")
+        counts = embed_files(ctx.checkpoint_of(stage), list(stage.options["paths"]), out)
+        for key, value in counts.items():
+            ctx.client.log_metric(ctx.run_id, f"{stage.name}/{key}", value)
+        return out
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        return Path(output).is_dir()

@@ -1,0 +1,158 @@
+"""Pipeline stages as a DAG, and the fingerprints that decide whether a stage runs again.
+
+A spec's ``stages`` list names stages of registered kinds with ``needs:``; without one, the
+spec gets the default chain ``scan → train → evaluate → register``. Each stage's fingerprint
+is a hash of its kind, the spec fields it reads and its needs' fingerprints (a scan's inputs
+are its files' relative paths, sizes and modification times), so it can be computed before
+anything runs: ``polymae plan`` shows it, and the runner reuses a stage's recorded output
+when a finished run logged the same fingerprint for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polymae.pipelines.spec import PipelineSpec, StageSpec
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What a kind of stage needs upstream and which spec fields its result depends on."""
+
+    needs: tuple[str, ...]  # kinds that must be upstream (directly or further up)
+    reads: Callable[[PipelineSpec, StageSpec], Any]  # the spec fields its output depends on
+
+
+# train fields that change how training runs but not what it computes
+_TRAIN_LOGISTICS = {"workers", "cpus_per_worker", "use_gpu", "log_every", "checkpoint_every",
+                    "resume_from", "max_failures", "placement_strategy"}
+
+
+def _scan_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
+    source = spec.sources[int(stage.options.get("source", 0))]
+    return {"source": source.model_dump(mode="json"), "files": file_stats(source)}
+
+
+def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
+    return {"seed": spec.seed, "model": spec.model.resolved().model_dump(mode="json"),
+            "train": spec.train.model_dump(mode="json", exclude=_TRAIN_LOGISTICS),
+            "mask": {m: s.model_dump(mode="json") for m, s in spec.mask_specs().items()}}
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "scan": StageKind((), _scan_reads),
+    "train": StageKind(("scan",), _train_reads),
+    "evaluate": StageKind(("train",), lambda spec, stage: {}),
+    "register": StageKind(("train",), lambda spec, stage: {
+        "model": spec.tracking.registered_model or spec.name}),
+    "embed": StageKind(("train",), lambda spec, stage: stage.options),
+}
+
+DEFAULT_STAGES = [
+    {"name": "scan", "kind": "scan"},
+    {"name": "train", "kind": "train", "needs": ["scan"]},
+    {"name": "evaluate", "kind": "evaluate", "needs": ["train"]},
+    {"name": "register", "kind": "register", "needs": ["evaluate"]},
+]
+
+
+def file_stats(source: Any) -> list[tuple[str, int, int]]:
+    """(path, size, mtime ns) of every file under a source's paths: a scan's inputs."""
+    out = []
+    for entry in source.paths:
+        found = [entry] if os.path.isfile(entry) else []
+        for root, _, names in os.walk(entry):
+            found += [os.path.join(root, n) for n in names]
+        for path in sorted(found):
+            st = os.stat(path)
+            out.append((path, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def check_stages(stages: list[StageSpec], num_sources: int) -> list[str]:
+    """Problems of a stage list, one line each (kinds, names, needs, cycles)."""
+    problems = []
+    names = [s.name for s in stages]
+    for i, stage in enumerate(stages):
+        if names.count(stage.name) > 1:
+            problems.append(f"stages.{i}.name = {stage.name!r}: used twice; stage names must be unique")
+        if stage.kind not in STAGE_KINDS:
+            problems.append(f"stages.{i}.kind = {stage.kind!r}: unknown stage kind; "
+                            f"allowed: {', '.join(STAGE_KINDS)}")
+        for j, need in enumerate(stage.needs):
+            if need not in names or need == stage.name:
+                others = [n for n in names if n != stage.name]
+                problems.append(f"stages.{i}.needs.{j} = {need!r}: not another stage; allowed: {', '.join(others)}")
+        source = stage.options.get("source", 0) if stage.kind == "scan" else 0
+        if not isinstance(source, int) or not 0 <= source < num_sources:
+            problems.append(f"stages.{i}.options.source = {source!r}: allowed: 0 … {num_sources - 1}")
+    if problems:
+        return problems
+    try:
+        ordered = topological_order(stages)
+    except ValueError as err:
+        return [f"stages: {err}"]
+    by_name = {s.name: s for s in stages}
+    for stage in ordered:
+        upstream = {by_name[n].kind for n in ancestors(stage, by_name)}
+        for kind in STAGE_KINDS[stage.kind].needs:
+            if kind not in upstream:
+                problems.append(f"stages ({stage.name}): a {stage.kind} stage needs a {kind} stage upstream "
+                                f"(add it to needs:)")
+    return problems
+
+
+def topological_order(stages: list[StageSpec]) -> list[StageSpec]:
+    """Stages with every stage after its needs; the spec's order breaks ties. Raises on a cycle."""
+    done: list[StageSpec] = []
+    pending = list(stages)
+    while pending:
+        ready = [s for s in pending if all(n in {d.name for d in done} for n in s.needs)]
+        if not ready:
+            raise ValueError(f"the needs form a cycle among {', '.join(s.name for s in pending)}")
+        done.append(ready[0])
+        pending.remove(ready[0])
+    return done
+
+
+def ancestors(stage: StageSpec, by_name: dict[str, StageSpec]) -> list[str]:
+    """Names of every stage upstream of ``stage``, nearest first."""
+    seen: list[str] = []
+    frontier = list(stage.needs)
+    while frontier:
+        name = frontier.pop(0)
+        if name not in seen:
+            seen.append(name)
+            frontier += by_name[name].needs
+    return seen
+
+
+def upstream_of_kind(stage: StageSpec, kind: str, by_name: dict[str, StageSpec]) -> StageSpec:
+    """The nearest stage of ``kind`` upstream (validation guarantees there is one)."""
+    return next(by_name[n] for n in ancestors(stage, by_name) if by_name[n].kind == kind)
+
+
+def digest(data: Any) -> str:
+    """sha256 of a canonical JSON encoding."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprints(spec: PipelineSpec) -> dict[str, str]:
+    """Stage name → fingerprint of its kind, the spec fields it reads and its needs'."""
+    out: dict[str, str] = {}
+    for stage in topological_order(spec.stages):
+        kind = STAGE_KINDS[stage.kind]
+        out[stage.name] = digest({"kind": stage.kind, "reads": kind.reads(spec, stage),
+                                  "needs": sorted(out[n] for n in stage.needs)})
+    return out
+
+
+def spec_fingerprint(spec: PipelineSpec) -> str:
+    """What the run computes, without where it runs or logs (tracking, outputs, runtime)."""
+    return digest(spec.model_dump(mode="json", exclude={"tracking", "outputs", "runtime"}))
