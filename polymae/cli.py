@@ -133,18 +133,21 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    import ray
+
     from polymae.orchestration.embed import embed_files
     from polymae.orchestration.run import shutdown
     from polymae.orchestration.tracking import download_checkpoint, resolve_tracking_uri
 
     checkpoint = download_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
-    import ray
-
-    ray.init(address=args.address, num_cpus=None if args.address else 2, include_dashboard=False)
+    started = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
+    if started:
+        ray.init(address=args.address, include_dashboard=False)
     try:
         counts = embed_files(checkpoint, args.data, args.output)
     finally:
-        shutdown()
+        if started:
+            shutdown()
     print(f"[polymae] {counts['files']} files: {counts['embedded']} embedded ({counts['rows']} rows) "
           f"+ {counts['quarantined']} quarantined → {args.output}")
     return 0

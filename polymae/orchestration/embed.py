@@ -17,7 +17,8 @@ import torch
 from polymae.modalities.base import BadInputError
 from polymae.modalities.registry import make_plugin
 from polymae.orchestration.checkpoint import load_model
-from polymae.pipelines.data import discover, read_bytes, tokenize_views, view_id, write_quarantine
+from polymae.pipelines.data import read_bytes, tokenize_views, write_quarantine
+from polymae.pipelines.files import discover, view_id
 from polymae.pipelines.spec import SourceSpec
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec
 from polymae.tokenizer.stream import streams_to_columns

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,21 +135,72 @@ def set_alias(uri: str, name: str, version: str, alias: str) -> None:
 
 
 class MetricLogger:
-    """Step metrics from a training worker into an existing run. Failures are counted and
-    reported, never raised: training must not stop because tracking hiccups."""
+    """Step metrics from a training worker into an existing run, sent by a background thread
+    so that training never waits on the tracking server. While the server is unreachable the
+    metrics wait (the newest ``max_pending``) and the history catches up once it is back;
+    :meth:`flush` waits a bounded time and reports clearly what was never logged."""
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, max_pending: int = 100_000, retry_s: float = 5.0) -> None:
         self.client = MlflowClient(uri)
         self.run_id = run_id
-        self.failures = 0
+        self.pending: list[Metric] = []
+        self.max_pending, self.retry_s = max_pending, retry_s
+        self.failures = 0  # failed sends
+        self.dropped = 0  # values given up on while the server was down for long
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="polymae-mlflow", daemon=True).start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        try:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-        except Exception as err:  # tracking server down: keep training
-            self.failures += 1
-            log.warning("MLflow logging failed at step %d (%d failures so far): %s", step, self.failures, err)
+        with self._lock:
+            self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            if len(self.pending) > self.max_pending:
+                self.dropped += len(self.pending) - self.max_pending
+                del self.pending[: len(self.pending) - self.max_pending]
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=self.retry_s)
+            self._wake.clear()
+            self._send()
+
+    def _send(self) -> None:
+        behind = False
+        while True:
+            with self._lock:
+                batch = self.pending[:1000]  # MLflow takes at most 1000 metrics a batch
+            if not batch:
+                break
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as err:  # tracking server down: keep the metrics, try again later
+                self.failures += 1
+                log.warning("MLflow logging failed (%d metric values waiting): %s", len(self.pending), err)
+                return
+            with self._lock:
+                del self.pending[: len(batch)]
+            behind = behind or self.failures > 0
+        if behind:
+            log.warning("MLflow logging caught up")
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait (at most ``timeout_s``) until everything is logged; → whether it was. What was
+        not is reported as an error with its steps."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.2)
+        with self._lock:
+            left = list(self.pending)
+        if left:
+            steps = sorted({m.step for m in left})
+            log.error("MLflow: %d metric values of steps %d…%d were NOT logged (server unreachable)",
+                      len(left), steps[0], steps[-1])
+        if self.dropped:
+            log.error("MLflow: %d older metric values were dropped while the server was unreachable", self.dropped)
+        return not left and not self.dropped
 
 
 class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):

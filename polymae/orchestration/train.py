@@ -75,12 +75,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer = make_optimizer(model, train)  # after the move: its state follows the parameters
         if folder:
             load_optimizer_state(folder, optimizer)
-    if step != config["start_step"]:
+    # After a failure Ray Train restarts the worker group from its last reported checkpoint,
+    # but the dataset is read again from its start (the driver's start_step): skip what that
+    # checkpoint already trained on, so every step sees the same samples as an unbroken run.
+    skip = step - config["start_step"]
+    if skip < 0:
         raise RuntimeError(f"checkpoint is at step {step} but the data stream starts at "
                            f"step {config['start_step']}")
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(train.precision, device)
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    if skip and logger is not None:
+        log.warning(f"[polymae] worker group restarted: continuing from the checkpoint at step {step}")
+        logger.log({"train/restarted_at_step": step}, step)
 
     per_worker = train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
@@ -88,6 +95,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tic, seen = time.perf_counter(), 0
     model.train()
     for batch in batches:
+        if skip:
+            skip -= 1
+            continue
         if step >= train.steps:
             break
         lr = learning_rate(step, train)
@@ -118,5 +128,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _report(step, {"loss": loss.item()}, model, optimizer, spec, rank)
     if step < train.steps:
         raise RuntimeError(f"the data stream ran out at step {step} of {train.steps}")
-    if logger is not None and logger.failures:
-        log.warning(f"[polymae] {logger.failures} MLflow metric writes failed")
+    if logger is not None:
+        logger.flush()

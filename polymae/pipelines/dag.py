@@ -3,7 +3,8 @@
 A spec's ``stages`` list names stages of registered kinds with ``needs:``; without one, the
 spec gets the default chain ``scan → train → evaluate → register``. Each stage's fingerprint
 is a hash of its kind, the spec fields it reads and its needs' fingerprints (a scan's inputs
-are its files' relative paths, sizes and modification times), so it can be computed before
+are the source (its absolute paths, its config) and the ids, sizes and modification times of
+the files its plugin reads), so it can be computed before
 anything runs: ``polymae plan`` shows it, and the runner reuses a stage's recorded output
 when a finished run logged the same fingerprint for it.
 """
@@ -63,15 +64,17 @@ DEFAULT_STAGES = [
 
 
 def file_stats(source: Any) -> list[tuple[str, int, int]]:
-    """(path, size, mtime ns) of every file under a source's paths: a scan's inputs."""
+    """(sample id, size, mtime ns) of every file the source's plugin would read: a scan's inputs."""
+    from polymae.modalities.registry import get_plugin_class
+    from polymae.pipelines.files import discover
+
     out = []
-    for entry in source.paths:
-        found = [entry] if os.path.isfile(entry) else []
-        for root, _, names in os.walk(entry):
-            found += [os.path.join(root, n) for n in names]
-        for path in sorted(found):
-            st = os.stat(path)
-            out.append((path, st.st_size, st.st_mtime_ns))
+    for f in discover(source, get_plugin_class(source.modality).extensions):
+        try:
+            st = os.stat(f.path)
+            out.append((f.sample_id, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((f.sample_id, -1, -1))  # gone or unreadable: the scan will say why
     return out
 
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -25,6 +24,7 @@ import ray
 
 from polymae.modalities.base import BadInputError, ModalityPlugin
 from polymae.modalities.registry import make_plugin
+from polymae.pipelines.files import SampleFile, discover, view_id
 from polymae.pipelines.spec import PipelineSpec, SourceSpec
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec, sample_rng
 from polymae.tokenizer.stream import TokenStream, streams_to_columns
@@ -33,36 +33,6 @@ log = logging.getLogger(__name__)
 QUARANTINE_SCHEMA = pa.schema(
     [("path", pa.string()), ("modality", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
 )
-
-
-@dataclass
-class SampleFile:
-    sample_id: str  # stable across machines: the path relative to its source root
-    path: str
-    num_samples: int = 1  # samples the file yields (known after the scan)
-    sha256: str = ""  # of the file's bytes (known after the scan)
-
-
-def view_id(sample_id: str, view: int) -> str:
-    """Id of one sample of a file: what seeds its mask."""
-    return f"{sample_id}#{view}"
-
-
-def discover(source: SourceSpec, extensions: tuple[str, ...]) -> list[SampleFile]:
-    """Files named by a source: explicit files as given; folders searched recursively for the
-    plugin's extensions; globs expanded. Sorted, without duplicates."""
-    found: dict[str, SampleFile] = {}
-    for entry in source.paths:
-        if os.path.isdir(entry):
-            for root, _, names in os.walk(entry):
-                for name in names:
-                    if name.lower().endswith(extensions):
-                        full = os.path.join(root, name)
-                        found[full] = SampleFile(os.path.relpath(full, entry), full)
-        else:
-            for full in sorted(glob.glob(entry)) or [entry]:
-                found[full] = SampleFile(os.path.basename(full), full)
-    return sorted(found.values(), key=lambda f: f.sample_id)
 
 
 def read_bytes(path: str, plugin: ModalityPlugin) -> bytes:

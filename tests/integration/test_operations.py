@@ -1,0 +1,150 @@
+"""Operations on the embedded Ray and a real MLflow server: stage reuse by fingerprint, run
+tags, registry aliases, embeddings to Parquet, a killed training worker, and MLflow logging
+that catches up after the server comes back."""
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from polymae.cli import main
+from polymae.orchestration.checkpoint import checkpoint_step, latest_checkpoint
+from polymae.orchestration.run import run_pipeline
+from polymae.orchestration.tracking import MetricLogger, load_registered_model
+from polymae.pipelines.spec import parse_spec
+
+from .servers import start_mlflow_server
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(folder, tmp_path, uri, **train):
+    return parse_spec({
+        "name": "ops",
+        "seed": 2,
+        "sources": [{"modality": "image", "paths": [str(folder)], "config": {"img_size": 64}}],
+        "model": {"preset": "tiny", "overrides": {"depth": 2, "decoder_depth": 1}},
+        "train": {"steps": 4, "batch_size": 4, "workers": 1, "lr": 1e-3, "warmup_steps": 1,
+                  "checkpoint_every": 2, "log_every": 1, "precision": "fp32", **train},
+        "tracking": {"uri": uri, "experiment": "ops", "registered_model": "ops-mae"},
+        "outputs": {"dir": str(tmp_path / "runs")},
+    })
+
+
+@pytest.fixture
+def photo_folder(tmp_path, photo_paths):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in photo_paths:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_unchanged_stages_are_reused_and_models_get_aliases_and_embeddings(
+        tmp_path, photo_folder, bad_image_files, ray_local, mlflow_server, capsys):
+    spec = _spec(photo_folder, tmp_path, mlflow_server)
+    first = run_pipeline(spec, run_name="ops-a")
+    assert first.stages == dict.fromkeys(["scan", "train", "evaluate", "register"], "ran")
+    client = MlflowClient(mlflow_server)
+    tags = client.get_run(first.run_id).data.tags
+    assert len(tags["polymae.spec_fingerprint"]) == 64 and len(tags["polymae.dataset_fingerprint"]) == 64
+    assert len(tags["mlflow.source.git.commit"].removesuffix("-dirty")) == 40
+    assert tags["polymae.stage.train.output"] == str(first.checkpoint)
+
+    # the same spec under another run name: every stage is reused, nothing is retrained
+    assert main(["plan", str(_write(spec, tmp_path))]) == 0
+    planned = capsys.readouterr().out
+    assert planned.count(f"(run {first.run_id})") == 4, planned
+    second = run_pipeline(_spec(photo_folder, tmp_path, mlflow_server), run_name="ops-b")
+    assert second.stages == dict.fromkeys(["scan", "train", "evaluate", "register"], f"reused {first.run_id}")
+    assert second.model_version == first.model_version and second.checkpoint == first.checkpoint
+    assert client.get_run(second.run_id).data.tags["polymae.stage.train.reused_from"] == first.run_id
+    # a changed training config retrains; the scan is still reused
+    third = run_pipeline(_spec(photo_folder, tmp_path, mlflow_server, steps=5), run_name="ops-c")
+    assert third.stages["scan"].startswith("reused") and third.stages["train"] == "ran"
+    assert third.final_step == 5 and int(third.model_version) == int(first.model_version) + 1
+
+    # registry alias, then embeddings of a folder (one bad file among them) with the alias
+    assert main(["register", first.run_id, "--alias", "champion", "--tracking-uri", mlflow_server]) == 0
+    assert client.get_model_version_by_alias("ops-mae", "champion").version == first.model_version
+    (photo_folder / "corrupt.jpg").write_bytes(bad_image_files["corrupt.jpg"])
+    out = tmp_path / "embeddings"
+    assert main(["embed", str(photo_folder), "--model", "models:/ops-mae@champion", "--output", str(out),
+                 "--tracking-uri", mlflow_server]) == 0
+    table = pq.read_table(out / "embeddings")
+    assert table.num_rows == 11 and table.column_names == ["sample_id", "path", "embedding"]
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    assert vectors.shape == (11, 192) and np.isfinite(vectors).all() and np.ptp(vectors, axis=0).max() > 0
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert [r["path"].rsplit("/", 1)[1] for r in quarantine] == ["corrupt.jpg"]
+    # the rows are the registered model's embedding of each file (no masking at inference)
+    model, _ = load_registered_model("models:/ops-mae@champion", mlflow_server)
+    assert model.cfg.width == 192
+
+
+def _write(spec, tmp_path):
+    from polymae.pipelines.spec import spec_to_yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_to_yaml(spec))
+    return path
+
+
+def test_killed_training_worker_restarts_from_its_checkpoint(tmp_path, photo_folder, ray_local, mlflow_server):
+    spec = _spec(photo_folder, tmp_path, mlflow_server, steps=12, workers=2, checkpoint_every=3, max_failures=2)
+    spec.tracking.experiment = "ops-kill"
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            found = latest_checkpoint(tmp_path / "runs" / "ops-kill" / "train")
+            if found is not None and checkpoint_step(found) < 12:
+                pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True,
+                                      text=True).stdout.split()
+                if pids:
+                    subprocess.run(["kill", f"-{signal.SIGKILL.value}", pids[0]])
+                    killed.append(int(pids[0]))
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    result = run_pipeline(spec, run_name="ops-kill")
+    killer.join(timeout=5)
+    assert killed, "no training worker was killed (training finished before the first checkpoint?)"
+    assert result.final_step == 12
+    client = MlflowClient(mlflow_server)
+    restarts = client.get_metric_history(result.run_id, "train/restarted_at_step")
+    assert restarts and all(m.value % 3 == 0 and 3 <= m.value < 12 for m in restarts)
+    steps = {m.step for m in client.get_metric_history(result.run_id, "train/loss")}
+    assert steps == set(range(1, 13))
+
+
+def test_metric_logging_catches_up_after_the_server_returns(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
+    server, uri = start_mlflow_server(tmp_path)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    logger = MetricLogger(uri, run_id, retry_s=0.5)
+    logger.log({"train/loss": 1.0}, 1)
+    assert logger.flush(timeout_s=30)
+    server.terminate()
+    server.wait(timeout=30)
+    for step in (2, 3):
+        logger.log({"train/loss": 1.0 / step}, step)  # training goes on: nothing blocks or raises
+    assert not logger.flush(timeout_s=3) and logger.failures >= 1 and len(logger.pending) == 2
+    server, _ = start_mlflow_server(tmp_path, port=int(uri.rsplit(":", 1)[1]))
+    try:
+        logger.log({"train/loss": 0.25}, 4)
+        assert logger.flush(timeout_s=60)
+        history = client.get_metric_history(run_id, "train/loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
