@@ -1,7 +1,8 @@
 """Checkpoints: plain tensors and JSON, loaded with ``weights_only=True`` (no pickled code).
 
-A checkpoint folder holds ``model.pt`` (state dict), ``optimizer.pt``, ``state.json``
-(``{"step": n}``) and ``spec.yaml`` (the resolved pipeline spec that built the model).
+A checkpoint folder holds ``model.pt`` (state dict), ``optimizer.pt``, ``spec.yaml`` and
+``state.json`` (``{"step": n, "sizes": {file: bytes}}``: a partly copied folder is incomplete);
+``spec.yaml`` is the resolved pipeline spec that built the model.
 """
 
 from __future__ import annotations
@@ -34,8 +35,22 @@ def save_checkpoint(
     torch.save(model.state_dict(), folder / "model.pt")
     if optimizer is not None:
         torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    (folder / "state.json").write_text(json.dumps({"step": step}))
     (folder / "spec.yaml").write_text(spec_to_yaml(spec))
+    # the sizes of the other files: a copy cut short (a worker killed while Ray Train persists
+    # the checkpoint) is recognisable as incomplete
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "state.json"}
+    (folder / "state.json").write_text(json.dumps({"step": step, "sizes": sizes}))
+
+
+def is_complete(folder: str | Path) -> bool:
+    """Every file the checkpoint's state.json lists is there with its full size."""
+    folder = Path(folder)
+    try:
+        sizes = json.loads((folder / "state.json").read_text()).get("sizes", {"model.pt": None})
+        return all((folder / n).is_file() and (size is None or (folder / n).stat().st_size == size)
+                   for n, size in sizes.items())
+    except (OSError, ValueError):
+        return False
 
 
 def checkpoint_step(folder: str | Path) -> int:
@@ -65,10 +80,10 @@ def load_model(folder: str | Path) -> tuple[PolyMAE, PipelineSpec]:
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The checkpoint with the highest step anywhere below ``root`` (Ray Train's storage)."""
+    """The complete checkpoint with the highest step anywhere below ``root`` (Ray Train's storage)."""
     best: tuple[int, Path] | None = None
     for dirpath, _, names in os.walk(root):
-        if "state.json" in names and "model.pt" in names:
+        if "state.json" in names and is_complete(dirpath):
             step = checkpoint_step(dirpath)
             if best is None or step > best[0]:
                 best = (step, Path(dirpath))

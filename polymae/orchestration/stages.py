@@ -170,6 +170,7 @@ class TrainStage(Stage):
                 train_loop_config={
                     "spec": spec.model_dump(mode="json"), "run_id": ctx.run_id, "tracking_uri": ctx.tracking_uri,
                     "start_step": start_step, "resume_from": str(resume) if resume else None,
+                    "storage": str(ctx.out_dir / "train"),
                     "threads": max(1, (os.cpu_count() or 1) // train.workers),
                 },
                 scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,

@@ -20,7 +20,14 @@ import ray.train.torch
 import torch
 from timm.optim import param_groups_weight_decay
 
-from polymae.orchestration.checkpoint import build_model, load_optimizer_state, load_weights, save_checkpoint
+from polymae.orchestration.checkpoint import (
+    build_model,
+    checkpoint_step,
+    latest_checkpoint,
+    load_optimizer_state,
+    load_weights,
+    save_checkpoint,
+)
 from polymae.orchestration.precision import autocast, autocast_dtype
 from polymae.orchestration.tracking import MetricLogger
 from polymae.pipelines.spec import PipelineSpec, TrainSpec
@@ -69,6 +76,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restores this run
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(checkpoint.as_directory()) if checkpoint else config.get("resume_from")
+        # Ray Train registers a checkpoint when its controller next polls the workers; one that
+        # was persisted just before a failure may not be registered yet. The run's storage
+        # folder holds every persisted one: restart from the newest.
+        on_disk = latest_checkpoint(config["storage"])
+        if on_disk is not None and (not folder or checkpoint_step(on_disk) > checkpoint_step(folder)):
+            folder = on_disk
         if folder:
             step = load_weights(folder, model)
         model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP
