@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -43,3 +44,76 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
         time.sleep(1)
 
 
+
+
+class LocalRayCluster:
+    """A head and a worker node started with `ray start` on 127.0.0.1 (two raylets, one machine),
+    with token authentication on; stopped by killing exactly the processes it started."""
+
+    def __init__(self, root: Path, token: str, cpus_per_node: int = 2) -> None:
+        """Clients send the token as a bearer header (``headers``; polymae's Jobs client takes
+        it from RAY_AUTH_TOKEN)."""
+        self.token = token
+        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        bin_dir = Path(sys.executable).parent
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+        ray_exe = str(bin_dir / "ray")
+        common = ["--block", "--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1",
+                  "--object-store-memory", str(300 * 2**20)]
+        self.logs = open(root / "ray-nodes.log", "a")
+        self.head = self.worker = None
+        try:
+            self._start(ray_exe, common)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, ray_exe: str, common: list[str]) -> None:
+        self.head = subprocess.Popen(
+            [ray_exe, "start", "--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true", *common],
+            env=self.env, stdout=self.logs, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_for(1)
+        self.worker = subprocess.Popen(
+            [ray_exe, "start", "--address", f"127.0.0.1:{self.port}", *common],
+            env=self.env, stdout=self.logs, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_for(2)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+
+    def list_state(self, resource: str, filters: list | None = None) -> list:
+        """Ray's State API (nodes, actors, …) with the token."""
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        api = StateApiClient(self.address, headers=self.headers)
+        return api.list(StateResource(resource), ListApiOptions(filters=filters or []), raise_on_missing_output=False)
+
+    def _wait_for(self, nodes: int, timeout_s: float = 120) -> None:
+        deadline, last = time.time() + timeout_s, None
+        while time.time() < deadline:
+            try:
+                alive = [n for n in self.list_state("nodes") if n.state == "ALIVE"]
+                if len(alive) >= nodes:
+                    return
+            except Exception as err:  # the dashboard is not up yet
+                last = err
+            time.sleep(2)
+        raise RuntimeError(f"the Ray cluster did not reach {nodes} nodes: {last!r}")
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in (self.worker, self.head):
+            if proc is None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
