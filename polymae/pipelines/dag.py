@@ -92,6 +92,9 @@ def check_stages(stages: list[StageSpec], num_sources: int) -> list[str]:
             if need not in names or need == stage.name:
                 others = [n for n in names if n != stage.name]
                 problems.append(f"stages.{i}.needs.{j} = {need!r}: not another stage; allowed: {', '.join(others)}")
+        paths = stage.options.get("paths")
+        if stage.kind == "embed" and not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
+            problems.append(f"stages.{i}.options.paths = {paths!r}: an embed stage needs a list of files or folders")
         source = stage.options.get("source", 0) if stage.kind == "scan" else 0
         if not isinstance(source, int) or not 0 <= source < num_sources:
             problems.append(f"stages.{i}.options.source = {source!r}: allowed: 0 … {num_sources - 1}")

@@ -92,7 +92,11 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
     rows = []
     for path, ref in [(p, _scan_one.remote(p, kwargs)) for p in paths]:
         try:
-            rows.append(ray.get(ref))
+            try:
+                rows.append(ray.get(ref))
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
+                # once more: a node that died under the task is not the file's fault
+                rows.append(ray.get(_scan_one.remote(path, kwargs)))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
             reason = f"the decoder crashed its process ({type(err).__name__})"
             rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",

@@ -195,18 +195,28 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> str:
     return ", ".join(model.model_fields)
 
 
+def _resolve(paths: list[str], field: str, base_dir: Path, problems: list[str]) -> list[str]:
+    """Absolute paths (relative ones are relative to the spec file); a path that names nothing
+    existing is a problem line."""
+    resolved = []
+    for j, path in enumerate(paths):
+        full = path if os.path.isabs(path) else str((base_dir / path).resolve())
+        if not (os.path.exists(full) or glob.glob(full)):
+            problems.append(f"{field}.{j} = {path!r}: no such file, folder or glob match")
+        resolved.append(full)
+    return resolved
+
+
 def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
-    """Make source paths absolute (relative ones are relative to the spec file) and check
-    that each names something that exists."""
-    problems = []
+    """Resolve and check every path a spec names (sources, embed stages' data) before use."""
+    problems: list[str] = []
     for i, source in enumerate(spec.sources):
-        resolved = []
-        for j, path in enumerate(source.paths):
-            full = path if os.path.isabs(path) else str((base_dir / path).resolve())
-            if not (os.path.exists(full) or glob.glob(full)):
-                problems.append(f"sources.{i}.paths.{j} = {path!r}: no such file, folder or glob match")
-            resolved.append(full)
-        source.paths = resolved
+        source.paths = _resolve(source.paths, f"sources.{i}.paths", base_dir, problems)
+    for i, stage in enumerate(spec.stages):
+        if stage.kind == "embed":
+            stage.options["paths"] = _resolve(stage.options["paths"], f"stages.{i}.options.paths", base_dir, problems)
+            if stage.options.get("output"):
+                stage.options["output"] = str((base_dir / stage.options["output"]).resolve())
     if problems:
         raise SpecError(problems)
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -71,14 +72,23 @@ class LocalRayCluster:
             self.stop()
             raise
 
+    @staticmethod
+    def _own_ports() -> list[str]:
+        """Two nodes on one machine: each needs its own agent ports (the defaults are fixed)."""
+        return ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+                "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
+
     def _start(self, ray_exe: str, common: list[str]) -> None:
         self.head = subprocess.Popen(
             [ray_exe, "start", "--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true", *common],
+             "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true", *common,
+             *self._own_ports()],
             env=self.env, stdout=self.logs, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_for(1)
         self.worker = subprocess.Popen(
-            [ray_exe, "start", "--address", f"127.0.0.1:{self.port}", *common],
+            # its own temp dir: two raylets sharing one would share (and clean) runtime_resources
+            [ray_exe, "start", "--address", f"127.0.0.1:{self.port}", *common, *self._own_ports(),
+             "--temp-dir", tempfile.mkdtemp(prefix="rw", dir="/tmp")],
             env=self.env, stdout=self.logs, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_for(2)
 
@@ -106,14 +116,23 @@ class LocalRayCluster:
             time.sleep(2)
         raise RuntimeError(f"the Ray cluster did not reach {nodes} nodes: {last!r}")
 
+    def kill_worker_node(self) -> None:
+        """SIGKILL the worker node's `ray start`, raylet and everything else in its process group."""
+        import signal
+
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=30)
+
     def stop(self) -> None:
         import signal
 
         for proc in (self.worker, self.head):
-            if proc is None:
+            if proc is None or proc.poll() is not None:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

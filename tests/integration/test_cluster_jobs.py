@@ -1,8 +1,10 @@
 """A real two-node Ray cluster on one machine (`ray start --head` + `ray start --address`, token
 authentication on): `polymae submit` runs a pipeline as a Ray Job whose training workers land
 on both nodes and whose run is in the MLflow server; a job stopped mid-training and submitted
-again with `--resume RUN_ID` continues the same MLflow run from its checkpoint."""
+again with `--resume RUN_ID` continues the same MLflow run from its checkpoint; the worker node
+killed during the scan loses no file and counts none twice."""
 
+import os
 import secrets
 import time
 
@@ -88,3 +90,28 @@ def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path
     exp = client.get_experiment_by_name("cluster").experiment_id
     assert len(client.search_runs([exp])) == 1
     assert run.data.tags["mlflow.source.git.commit"]
+
+
+def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, cluster, mlflow_server, photo_paths, capsys):
+    """Runs last in this module: the cluster has one node afterwards."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for copy in range(120):  # 1320 real photos (hard links): a scan long enough to kill a node in
+        for p in photo_paths:
+            os.link(p, folder / f"{copy:03d}_{p.name}")
+    args = _overrides(tmp_path, mlflow_server, steps=2) + ["--set", f"sources.0.paths=[{folder}]",
+                                                           "--set", "train.workers=1"]  # fits on one node
+    assert main(["submit", SPEC, "--address", cluster.address, "--run-name", "node-kill", *args]) == 0
+    job = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
+    jobs_api = jobs.client(cluster.address)
+    deadline = time.time() + 300
+    while "stage scan (scan): running" not in jobs_api.get_job_logs(job) and time.time() < deadline:
+        assert jobs_api.get_job_status(job) not in jobs.TERMINAL, jobs_api.get_job_logs(job)[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)  # scan tasks are running on both nodes
+    cluster.kill_worker_node()
+    assert jobs.wait(job, cluster.address, timeout_s=600) == "SUCCEEDED", jobs_api.get_job_logs(job)[-3000:]
+    logs = jobs_api.get_job_logs(job)
+    assert "rescanning one file per process" in logs, "the node died after the scan: nothing was tested"
+    metrics = MlflowClient(mlflow_server).get_run(_run_id(MlflowClient(mlflow_server), "node-kill")).data.metrics
+    assert metrics["data/total"] == metrics["data/tokenized"] == 1320 and metrics["data/quarantined"] == 0
