@@ -142,7 +142,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     checkpoint = download_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
     started = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
     if started:
-        ray.init(address=args.address, include_dashboard=False)
+        ray.init(address=args.address or "local", include_dashboard=False)
     try:
         counts = embed_files(checkpoint, args.data, args.output)
     finally:

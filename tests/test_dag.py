@@ -123,13 +123,19 @@ def test_custom_dag_with_an_embed_stage():
         return _stages(*CHAIN, ("evaluate", "evaluate", ["train"])) + [
             {"name": "embed", "kind": "embed", "needs": ["train"], "options": options}]
 
-    spec = parse_spec(_spec(stages=stages({"batch": 8})))
+    spec = parse_spec(_spec(stages=stages({"paths": [str(IMAGES)], "output": "a"})))
     assert [s.name for s in topological_order(spec.stages)] == ["scan", "train", "evaluate", "embed"]
     fps = fingerprints(spec)
     assert len(set(fps.values())) == 4
-    other = fingerprints(parse_spec(_spec(stages=stages({"batch": 16}))))
+    other = fingerprints(parse_spec(_spec(stages=stages({"paths": [str(IMAGES)], "output": "b"}))))
     assert _changed(fps, other) == {"embed"}
-    assert _changed(fps, fingerprints(parse_spec(_spec(stages=stages({"batch": 8}), train={"steps": 7})))) == {
-        "train", "evaluate", "embed"}
+    longer = parse_spec(_spec(stages=stages({"paths": [str(IMAGES)], "output": "a"}), train={"steps": 7}))
+    assert _changed(fps, fingerprints(longer)) == {"train", "evaluate", "embed"}
     with pytest.raises(SpecError, match=r"stages \(embed\): a embed stage needs a train stage upstream"):
-        parse_spec(_spec(stages=_stages(("scan", "scan", []), ("embed", "embed", ["scan"]))))
+        scan_only = _stages(("scan", "scan", []), ("embed", "embed", ["scan"]))
+        scan_only[1]["options"] = {"paths": [str(IMAGES)]}
+        parse_spec(_spec(stages=scan_only))
+    with pytest.raises(SpecError, match=r"stages.3.options.paths = None: an embed stage needs a list"):
+        parse_spec(_spec(stages=stages({})))
+    with pytest.raises(SpecError, match=r"stages.3.options.paths.0 = 'nowhere': no such file"):
+        parse_spec(_spec(stages=stages({"paths": ["nowhere"]})))

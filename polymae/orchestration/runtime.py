@@ -24,6 +24,7 @@ def init_ray(spec: PipelineSpec) -> None:
     train = spec.train
     num_cpus = spec.runtime.num_cpus or (os.cpu_count() or 1) + math.ceil(train.workers * train.cpus_per_worker)
     ray.init(
+        address="local",  # always a new embedded Ray, never a leftover `ray start` cluster on this machine
         num_cpus=num_cpus,
         object_store_memory=spec.runtime.object_store_memory,
         include_dashboard=False,

@@ -11,7 +11,7 @@ from .servers import start_mlflow_server
 @pytest.fixture(scope="session")
 def ray_local():
     # 4 logical CPUs on 2 cores: 2 for Ray Train workers, the rest for Ray Data.
-    ray.init(num_cpus=4, object_store_memory=512 * 2**20, include_dashboard=False,
+    ray.init(address="local", num_cpus=4, object_store_memory=512 * 2**20, include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=True)
     yield
     ray.shutdown()

@@ -96,7 +96,7 @@ def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, cluster, mlf
     """Runs last in this module: the cluster has one node afterwards."""
     folder = tmp_path / "many"
     folder.mkdir()
-    for copy in range(120):  # 1320 real photos (hard links): a scan long enough to kill a node in
+    for copy in range(200):  # 2200 real photos (hard links): a scan long enough to kill a node in
         for p in photo_paths:
             os.link(p, folder / f"{copy:03d}_{p.name}")
     args = _overrides(tmp_path, mlflow_server, steps=2) + ["--set", f"sources.0.paths=[{folder}]",
@@ -108,10 +108,10 @@ def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, cluster, mlf
     while "stage scan (scan): running" not in jobs_api.get_job_logs(job) and time.time() < deadline:
         assert jobs_api.get_job_status(job) not in jobs.TERMINAL, jobs_api.get_job_logs(job)[-3000:]
         time.sleep(0.5)
-    time.sleep(3)  # scan tasks are running on both nodes
+    time.sleep(1)  # scan tasks are running on both nodes
     cluster.kill_worker_node()
     assert jobs.wait(job, cluster.address, timeout_s=600) == "SUCCEEDED", jobs_api.get_job_logs(job)[-3000:]
     logs = jobs_api.get_job_logs(job)
     assert "rescanning one file per process" in logs, "the node died after the scan: nothing was tested"
     metrics = MlflowClient(mlflow_server).get_run(_run_id(MlflowClient(mlflow_server), "node-kill")).data.metrics
-    assert metrics["data/total"] == metrics["data/tokenized"] == 1320 and metrics["data/quarantined"] == 0
+    assert metrics["data/total"] == metrics["data/tokenized"] == 2200 and metrics["data/quarantined"] == 0

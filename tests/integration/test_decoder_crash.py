@@ -32,7 +32,7 @@ SCRIPT = '''
 import json, ray
 from polymae.pipelines.data import scan
 from polymae.pipelines.spec import parse_spec
-ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
 spec = parse_spec({"name": "crash", "sources": [{"modality": "crashy", "paths": [%r]}]})
 result = scan(spec)
 print("RESULT " + json.dumps({"counts": result.counts, "quarantine": result.quarantine}))
