@@ -40,8 +40,8 @@ class Embedder:
         for sid, path in zip(batch["sample_id"], batch["path"], strict=True):
             try:
                 data = read_bytes(str(path), self.plugin)
-                samples = tokenize_views(self.plugin, self.policy, data, str(path), str(sid), 0, 0, 0, 1 << 30,
-                                         train=False)
+                samples = tokenize_views(self.plugin, self.policy, data, str(path), str(sid), epoch=0, seed=0,
+                                         first=0, count=1 << 30, train=False)  # every view, evaluation crops
             except BadInputError as err:
                 reasons.append({"path": str(path), "modality": self.plugin.name, "stage": err.stage,
                                 "reason": err.reason})

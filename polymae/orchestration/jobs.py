@@ -46,21 +46,20 @@ def submit(spec: PipelineSpec, address: str | None, run_name: str | None = None,
     if commit:
         env_vars["POLYMAE_GIT_COMMIT"] = commit
     jobs = client(address)
-    for attempt in range(30):
+    runtime_env = {"working_dir": str(staging), "py_modules": [str(Path(polymae.__file__).parent)],
+                   "env_vars": env_vars}
+    deadline = time.monotonic() + 60
+    while True:
         try:
             return jobs.submit_job(
-                entrypoint=entrypoint,
-                submission_id=submission_id,
-                runtime_env={"working_dir": str(staging), "py_modules": [str(Path(polymae.__file__).parent)],
-                             "env_vars": env_vars},
+                entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
                 metadata={"polymae.spec": spec.name, "polymae.run_name": run_name},
                 entrypoint_num_cpus=0,  # the driver only coordinates; its CPUs stay with Ray Data and Train
             )
         except RuntimeError as err:  # a cluster that just started has no job agent for a few seconds
-            if "No available agent" not in str(err) or attempt == 29:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
                 raise
             time.sleep(2)
-    raise AssertionError("unreachable")
 
 
 def wait(job_id: str, address: str | None, timeout_s: float = 3600, poll_s: float = 2.0) -> JobStatus:
