@@ -98,7 +98,9 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
                 # once more: a node that died under the task is not the file's fault
                 rows.append(ray.get(_scan_one.remote(path, kwargs)))
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
-            reason = f"the decoder crashed its process ({type(err).__name__})"
+            reason = (f"the scan task failed: {type(err.cause).__name__}: {err.cause}"
+                      if isinstance(err, ray.exceptions.RayTaskError)
+                      else f"the decoder crashed its process ({type(err).__name__})")
             rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",
                          **dict.fromkeys(keys, 0.0)})
     return rows
