@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast test-node-kill bench lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests -m "not node_kill"
-
-test-node-kill: setup
-	$(BIN)/python -m pytest -q tests -m node_kill
+	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not integration"
