@@ -131,9 +131,10 @@ class LocalRayCluster:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)  # a head whose worker node was killed can take minutes to shut down
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
             except ProcessLookupError:
                 pass
         # `ray start --head` records itself here; a plain ray.init() would try to join it later
