@@ -149,6 +149,8 @@ class MetricLogger:
         self.dropped = 0  # values given up on while the server was down for long
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._closed = False
+        self._behind = False  # a send failed and the values have not all gone out since
         threading.Thread(target=self._loop, name="polymae-mlflow", daemon=True).start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -161,13 +163,12 @@ class MetricLogger:
         self._wake.set()
 
     def _loop(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.wait(timeout=self.retry_s)
             self._wake.clear()
             self._send()
 
     def _send(self) -> None:
-        behind = False
         while True:
             with self._lock:
                 batch = self.pending[:1000]  # MLflow takes at most 1000 metrics a batch
@@ -177,13 +178,15 @@ class MetricLogger:
                 self.client.log_batch(self.run_id, metrics=batch)
             except Exception as err:  # tracking server down: keep the metrics, try again later
                 self.failures += 1
-                log.warning("MLflow logging failed (%d metric values waiting): %s", len(self.pending), err)
+                if not self._behind:  # once per outage
+                    log.warning("MLflow unreachable: metrics wait and are sent once it answers (%s)", err)
+                self._behind = True
                 return
             with self._lock:
                 del self.pending[: len(batch)]
-            behind = behind or self.failures > 0
-        if behind:
-            log.warning("MLflow logging caught up")
+        if self._behind:
+            self._behind = False
+            log.warning("MLflow answers again: logging caught up")
 
     def flush(self, timeout_s: float = 60.0) -> bool:
         """Wait (at most ``timeout_s``) until everything is logged; → whether it was. What was
@@ -201,6 +204,13 @@ class MetricLogger:
         if self.dropped:
             log.error("MLflow: %d older metric values were dropped while the server was unreachable", self.dropped)
         return not left and not self.dropped
+
+    def close(self, timeout_s: float = 60.0) -> bool:
+        """:meth:`flush`, then stop the sending thread; → whether everything was logged."""
+        logged = self.flush(timeout_s)
+        self._closed = True
+        self._wake.set()
+        return logged
 
 
 class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):

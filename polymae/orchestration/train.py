@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import tempfile
 import time
 from typing import Any
@@ -97,7 +98,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            f"step {config['start_step']}")
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(train.precision, device)
-    logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    logger = None
+    if rank == 0:
+        # This worker process talks to MLflow only through the logger, which retries every few
+        # seconds on its own; MLflow's backoff (minutes) would hold it long after the server is back.
+        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="30")
+        logger = MetricLogger(config["tracking_uri"], config["run_id"])
     if skip and logger is not None:
         log.warning(f"[polymae] worker group restarted: continuing from the checkpoint at step {step}")
         logger.log({"train/restarted_at_step": step}, step)
@@ -142,4 +148,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if step < train.steps:
         raise RuntimeError(f"the data stream ran out at step {step} of {train.steps}")
     if logger is not None:
-        logger.flush()
+        logger.close()

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from polymae.cli import main
 from polymae.orchestration.checkpoint import checkpoint_step, latest_checkpoint
 from polymae.orchestration.run import run_pipeline
-from polymae.orchestration.tracking import MetricLogger, load_registered_model
+from polymae.orchestration.tracking import load_registered_model
 from polymae.pipelines.spec import parse_spec
 
 from .servers import start_mlflow_server
@@ -127,25 +127,44 @@ def test_killed_training_worker_restarts_from_its_checkpoint(tmp_path, photo_fol
     assert steps == set(range(1, 16))
 
 
-def test_metric_logging_catches_up_after_the_server_returns(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
+def test_training_goes_on_while_mlflow_is_down_and_the_history_catches_up(tmp_path, photo_folder, ray_local):
+    """The tracking server is stopped after step 2 is logged and started again (same store, same
+    port) only once training has checkpointed 10 more steps without it."""
     server, uri = start_mlflow_server(tmp_path)
-    client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("outage")).info.run_id
-    logger = MetricLogger(uri, run_id, retry_s=0.5)
-    logger.log({"train/loss": 1.0}, 1)
-    assert logger.flush(timeout_s=30)
-    server.terminate()
-    server.wait(timeout=30)
-    for step in (2, 3):
-        logger.log({"train/loss": 1.0 / step}, step)  # training goes on: nothing blocks or raises
-    assert not logger.flush(timeout_s=3) and logger.failures >= 1 and len(logger.pending) == 2
-    server, _ = start_mlflow_server(tmp_path, port=int(uri.rsplit(":", 1)[1]))
+    spec = _spec(photo_folder, tmp_path, uri, steps=30, checkpoint_every=5)
+    spec.tracking.experiment = "ops-outage"
+    client, outage = MlflowClient(uri), {}
+
+    def stop_then_restart_the_server() -> None:
+        nonlocal server
+        deadline = time.time() + 300
+        while time.time() < deadline and "stopped_at" not in outage:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 2:
+                server.terminate()
+                server.wait(timeout=30)
+                outage["stopped_at"] = _checkpointed(tmp_path)
+            time.sleep(0.2)
+        while time.time() < deadline and _checkpointed(tmp_path) < outage.get("stopped_at", 0) + 10:
+            time.sleep(0.2)
+        outage["restarted_at"] = _checkpointed(tmp_path)
+        server, _ = start_mlflow_server(tmp_path, port=int(uri.rsplit(":", 1)[1]))
+
+    chaos = threading.Thread(target=stop_then_restart_the_server, daemon=True)
+    chaos.start()
     try:
-        logger.log({"train/loss": 0.25}, 4)
-        assert logger.flush(timeout_s=60)
-        history = client.get_metric_history(run_id, "train/loss")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        result = run_pipeline(spec, run_name="ops-outage")
+        chaos.join(timeout=60)
+        assert outage["restarted_at"] >= outage["stopped_at"] + 10, outage  # training went on without MLflow
+        assert result.final_step == 30
+        assert client.get_run(result.run_id).info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(result.run_id, "train/loss")}
+        assert steps == set(range(1, 31))  # the steps trained while it was down were logged once it was back
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _checkpointed(tmp_path) -> int:
+    found = latest_checkpoint(tmp_path / "runs" / "ops-outage" / "train")
+    return 0 if found is None else checkpoint_step(found)
