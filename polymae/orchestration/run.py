@@ -93,8 +93,10 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     final_step = checkpoint_step(checkpoint) if checkpoint else 0
     counts = next(iter(ctx.scans.values())).counts if ctx.scans else {}
     model = spec.tracking.registered_model or spec.name
-    print(f"[polymae] done: step {final_step}, eval loss {ctx.eval_loss}, model {model} v{ctx.model_version}; "
-          f"outputs in {out_dir}")
+    results = [f"step {final_step}"] if checkpoint else []  # only what the DAG's stages made
+    results += [f"eval loss {ctx.eval_loss}"] if ctx.eval_loss is not None else []
+    results += [f"model {model} v{ctx.model_version}"] if ctx.model_version is not None else []
+    print(f"[polymae] done: {', '.join(results) or 'finished'}; outputs in {out_dir}")
     return RunResult(run_id, run_name, uri, out_dir, counts, final_step, ctx.eval_loss, checkpoint,
                      ctx.model_version, resumed, done)
 

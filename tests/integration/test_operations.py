@@ -129,10 +129,11 @@ def test_killed_training_worker_restarts_from_its_checkpoint(tmp_path, photo_fol
 
 def test_training_goes_on_while_mlflow_is_down_and_the_history_catches_up(tmp_path, photo_folder, ray_local):
     """The tracking server is stopped after step 2 is logged and started again (same store, same
-    port) only once training has checkpointed 10 more steps without it."""
+    port) only once training has checkpointed 8 more steps without it."""
     server, uri = start_mlflow_server(tmp_path)
-    spec = _spec(photo_folder, tmp_path, uri, steps=30, checkpoint_every=5)
+    spec = _spec(photo_folder, tmp_path, uri, steps=20, checkpoint_every=4)
     spec.tracking.experiment = "ops-outage"
+    spec.stages = spec.stages[:2]  # scan → train: what comes after training does not bear on this
     client, outage = MlflowClient(uri), {}
 
     def stop_then_restart_the_server() -> None:
@@ -145,7 +146,7 @@ def test_training_goes_on_while_mlflow_is_down_and_the_history_catches_up(tmp_pa
                 server.wait(timeout=30)
                 outage["stopped_at"] = _checkpointed(tmp_path)
             time.sleep(0.2)
-        while time.time() < deadline and _checkpointed(tmp_path) < outage.get("stopped_at", 0) + 10:
+        while time.time() < deadline and _checkpointed(tmp_path) < outage.get("stopped_at", 0) + 8:
             time.sleep(0.2)
         outage["restarted_at"] = _checkpointed(tmp_path)
         server, _ = start_mlflow_server(tmp_path, port=int(uri.rsplit(":", 1)[1]))
@@ -155,11 +156,11 @@ def test_training_goes_on_while_mlflow_is_down_and_the_history_catches_up(tmp_pa
     try:
         result = run_pipeline(spec, run_name="ops-outage")
         chaos.join(timeout=60)
-        assert outage["restarted_at"] >= outage["stopped_at"] + 10, outage  # training went on without MLflow
-        assert result.final_step == 30
+        assert outage["restarted_at"] >= outage["stopped_at"] + 8, outage  # training went on without MLflow
+        assert result.final_step == 20
         assert client.get_run(result.run_id).info.status == "FINISHED"
         steps = {m.step for m in client.get_metric_history(result.run_id, "train/loss")}
-        assert steps == set(range(1, 31))  # the steps trained while it was down were logged once it was back
+        assert steps == set(range(1, 21))  # the steps trained while it was down were logged once it was back
     finally:
         server.terminate()
         server.wait(timeout=30)
