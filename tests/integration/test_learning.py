@@ -82,7 +82,7 @@ def test_tiny_audio_mae_loss_falls_30_percent(ray_local):
     """AudioMAE settings (fbank 128×1024, random 80 %) on the shipped speech and the audio track
     of a real video; the spectrogram mean/std come from the scan's Ray Data aggregation."""
     paths = [ROOT / "examples/data/audio", ROOT / "examples/data/video/opencv_cup.mp4"]
-    spec = _spec("audio", paths, {"from_video": True}, {"ratio": 0.8}, steps=150, lr=1e-3)
+    spec = _spec("audio", paths, {"from_video": True}, {"ratio": 0.8}, steps=100, lr=1e-3)
     files = scan(spec).good
     assert len(files) == 5 and spec.sources[0].config["std"] > 0
     before, after = train_and_evaluate(spec, files)
@@ -92,7 +92,7 @@ def test_tiny_audio_mae_loss_falls_30_percent(ray_local):
 def test_tiny_point_mae_loss_falls_30_percent():
     """Point-MAE settings (1024 points, 64 groups of 32, random 60 %, Chamfer-L2) on the shipped
     bunny mesh and kitten scan."""
-    spec = _spec("points", [ROOT / "examples/data/points"], {}, {"ratio": 0.6}, steps=80, lr=1e-3)
+    spec = _spec("points", [ROOT / "examples/data/points"], {}, {"ratio": 0.6}, steps=50, lr=1e-3)
     files = discover(spec.sources[0], (".obj", ".xyz"))
     assert len(files) == 2
     before, after = train_and_evaluate(spec, files, eval_size=2)
@@ -104,7 +104,7 @@ def test_tiny_lidar_mae_loss_falls_30_percent():
     with empty-pillar queries) on the shipped Velodyne VLP-16 sweep; CPU-sized caps."""
     config = {"max_voxels": 1024, "num_empty": 256, "max_points_per_voxel": 16}
     spec = _spec("lidar", [ROOT / "examples/data/lidar/mrpt_vlp16_scan_kitti_format.bin"], config,
-                 {"ratio": 0.7}, steps=60, lr=1e-3)
+                 {"ratio": 0.7}, steps=40, lr=1e-3)
     files = discover(spec.sources[0], (".bin",))
     before, after = train_and_evaluate(spec, files, eval_size=1)
     assert after <= 0.7 * before
