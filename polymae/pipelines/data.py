@@ -89,20 +89,22 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
     """The scan with one process per file: a file whose decoder kills its process becomes a
     quarantine row instead of taking the run down."""
     keys = [f"statistic_{k}" for k in make_plugin(kwargs["modality"], kwargs["config"]).statistics]
+    died = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
     rows = []
     for path, ref in [(p, _scan_one.remote(p, kwargs)) for p in paths]:
         try:
             try:
                 rows.append(ray.get(ref))
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
-                # once more: a node that died under the task is not the file's fault
+                continue
+            except died:  # once more: a node that died under the task is not the file's fault
                 rows.append(ray.get(_scan_one.remote(path, kwargs)))
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
-            reason = (f"the scan task failed: {type(err.cause).__name__}: {err.cause}"
-                      if isinstance(err, ray.exceptions.RayTaskError)
-                      else f"the decoder crashed its process ({type(err).__name__})")
-            rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",
-                         **dict.fromkeys(keys, 0.0)})
+                continue
+        except ray.exceptions.RayTaskError as err:  # raised outside the per-file handling (plugin set-up)
+            reason = f"the scan task failed: {type(err.cause).__name__}: {err.cause}"
+        except died as err:  # twice: the decoder kills its process (a real crash repeats)
+            reason = f"the decoder crashed its process ({type(err).__name__})"
+        rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",
+                     **dict.fromkeys(keys, 0.0)})
     return rows
 
 
