@@ -131,7 +131,7 @@ def test_custom_dag_with_an_embed_stage():
     assert _changed(fps, other) == {"embed"}
     longer = parse_spec(_spec(stages=stages({"paths": [str(IMAGES)], "output": "a"}), train={"steps": 7}))
     assert _changed(fps, fingerprints(longer)) == {"train", "evaluate", "embed"}
-    with pytest.raises(SpecError, match=r"stages \(embed\): a embed stage needs a train stage upstream"):
+    with pytest.raises(SpecError, match=r"stages \(embed\): stage kind 'embed' needs a train stage upstream"):
         scan_only = _stages(("scan", "scan", []), ("embed", "embed", ["scan"]))
         scan_only[1]["options"] = {"paths": [str(IMAGES)]}
         parse_spec(_spec(stages=scan_only))

@@ -109,7 +109,7 @@ def check_stages(stages: list[StageSpec], num_sources: int) -> list[str]:
         upstream = {by_name[n].kind for n in ancestors(stage, by_name)}
         for kind in STAGE_KINDS[stage.kind].needs:
             if kind not in upstream:
-                problems.append(f"stages ({stage.name}): a {stage.kind} stage needs a {kind} stage upstream "
+                problems.append(f"stages ({stage.name}): stage kind {stage.kind!r} needs a {kind} stage upstream "
                                 f"(add it to needs:)")
     return problems
 
