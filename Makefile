@@ -1,15 +1,21 @@
 # The two commands a new user needs: `make demo` and `make test` (both run setup first).
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.setup-done
+UV = $(shell ls -d .tools/uv-*/bin/uv 2>/dev/null | tail -1)
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup lock lock-upgrade demo test test-fast bench lint clean
 
-setup: $(STAMP)
-
-$(STAMP): pyproject.toml scripts/setup.sh
+# Idempotent and quick when nothing changed: apt packages, uv, `uv sync --locked`, `polymae doctor`.
+setup:
 	bash scripts/setup.sh
-	touch $(STAMP)
+
+# Regenerate uv.lock from pyproject.toml's ranges, keeping locked versions that still fit.
+lock: setup
+	$(UV) lock
+
+# The same, moving every package to the newest version the ranges allow.
+lock-upgrade: setup
+	$(UV) lock --upgrade
 
 demo: setup
 	$(BIN)/polymae run examples/image_mae.yaml

@@ -153,6 +153,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from polymae.doctor import main as doctor
+
+    return doctor()
+
+
 def _spec_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -214,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     mods = sub.add_parser("modalities", help="list modality plugins with their defaults")
     mods.add_argument("--json", action="store_true")
     mods.set_defaults(func=_cmd_modalities)
+
+    doctor = sub.add_parser("doctor", help="check that torch, Ray, MLflow and every plugin's native libraries load")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 

@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+import timm.layers
 import torch
 
 from polymae.modalities import make_plugin
@@ -70,11 +72,21 @@ def test_encoder_sees_visible_tokens_only():
     assert torch.allclose(model.forward_encoder(changed)[0], latent)
 
 
-def test_padded_batch_equals_samples_run_alone():
-    """Samples with fewer visible tokens are padded and masked out of attention exactly."""
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-attn", "plain-attn"])
+def test_padded_batch_equals_samples_run_alone(fused: bool):
+    """Samples with fewer visible tokens are padded and masked out of attention exactly, on both
+    of timm's attention paths (the plain one adds the mask as a bias; before timm 1.0.26 it added
+    a boolean mask as 0/1, attending to padding)."""
     plugin, batch = _batch(n=2)
     batch["image.visible"][1, torch.nonzero(batch["image.visible"][1])[0]] = False  # 3 visible, not 4
-    model = _model(plugin)
+    before = timm.layers.use_fused_attn()
+    timm.layers.set_fused_attn(fused)  # each Attention caches the choice when it is built
+    try:
+        model = _model(plugin)
+    finally:
+        timm.layers.set_fused_attn(before)
+    assert model.blocks[0].attn.fused_attn is fused
+    assert model.decoder_blocks[0].attn.fused_attn is fused
     with torch.no_grad():
         _, losses, preds = model(batch)
         for i in range(2):

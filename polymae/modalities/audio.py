@@ -141,6 +141,15 @@ class AudioPlugin(ModalityPlugin):
         return h * w, self.config.patch_size**2, 2
 
     # --- decode ------------------------------------------------------------------------------
+
+    @classmethod
+    def check_native(cls) -> str:
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(1600, dtype=np.float32), 16000, format="WAV")
+        wave, rate = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+        torchaudio.compliance.kaldi.fbank(torch.as_tensor(wave)[None], sample_frequency=rate, num_mel_bins=8)
+        return f"libsndfile {sf.__libsndfile_version__}, torchaudio {torchaudio.__version__}"
+
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (S,) float32 mono waveform at ``sample_rate``, S ≤ max_seconds · sample_rate."""
         cfg = self.config

@@ -58,6 +58,13 @@ class ModalityPlugin(ABC):
             config = self.Config(**(config or {}))
         self.config = config
 
+    @classmethod
+    def check_native(cls) -> str:
+        """Exercise the plugin's native libraries on a tiny input (``polymae doctor`` and set-up
+        call it, so a broken build fails there, not mid-run) → their versions. Importing the
+        plugin's module already loads them; override to call into them too."""
+        return ""
+
     # --- data side (numpy, runs in Ray Data workers) -------------------------------------
     @abstractmethod
     def decode(self, data: bytes, path: str) -> np.ndarray:

@@ -192,6 +192,20 @@ class LidarPlugin(ModalityPlugin):
             return "radial masking needs the sensor position: set sensor_origin (this scan has none, e.g. airborne LAS)"
         return None
 
+
+    @classmethod
+    def check_native(cls) -> str:
+        import laspy
+
+        if not laspy.LazBackend.Lazrs.is_available():
+            raise RuntimeError("laspy finds no lazrs backend: LAZ scans cannot be read")
+        las = laspy.LasData(laspy.LasHeader(point_format=0, version="1.2"))
+        las.x = las.y = las.z = np.zeros(4)
+        buf = io.BytesIO()
+        las.write(buf, do_compress=True, laz_backend=laspy.LazBackend.Lazrs)  # a LAZ round trip through lazrs
+        assert len(laspy.read(io.BytesIO(buf.getvalue())).x) == 4
+        return f"laspy {laspy.__version__} + lazrs, open3d {o3d.__version__}"
+
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (P, 4) float64 x, y, z, intensity; at least one point in range."""
         scan = read_scan(data, path)

@@ -198,6 +198,13 @@ class PointsPlugin(ModalityPlugin):
         return self.config.num_group, self.config.group_size * 3, 3
 
     # --- decode ------------------------------------------------------------------------------
+
+    @classmethod
+    def check_native(cls) -> str:
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.eye(3)))
+        assert len(cloud.points) == 3
+        return f"open3d {o3d.__version__}"
+
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (P, 3) float32 cloud, normalised to the unit sphere (``pc_norm``)."""
         cfg = self.config

@@ -179,6 +179,12 @@ class VideoPlugin(ModalityPlugin):
         lookup = {int(i): k for k, i in enumerate(wanted)}
         return [frames[[lookup[int(i)] for i in idx]] for idx in clips]
 
+
+    @classmethod
+    def check_native(cls) -> str:
+        decord.bridge.set_bridge("native")  # touches libdecord; decoding needs a real file (the tests have them)
+        return f"decord {decord.__version__}"
+
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → the first evaluation clip (T, H, W, 3) uint8."""
         return self.read_clips(data, path, None)[0]
