@@ -144,7 +144,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if started:
         ray.init(address=args.address or "local", include_dashboard=False)
     try:
-        counts = embed_files(checkpoint, args.data, args.output)
+        counts = embed_files(checkpoint, args.data, args.output, stream=args.stream)
     finally:
         if started:
             shutdown()
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("data", nargs="+", help="files or folders of the model's modality")
     embed.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
     embed.add_argument("--output", required=True, help="folder for embeddings/ and quarantine.parquet")
+    embed.add_argument("--stream", help="which of the model's streams the files are (default: its first)")
     embed.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
     embed.add_argument("--address", help="Ray address (default: an embedded Ray)")
     embed.set_defaults(func=_cmd_embed)

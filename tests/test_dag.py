@@ -54,7 +54,8 @@ CHAIN = [("scan", "scan", []), ("train", "train", ["scan"])]
         (_stages(("scan", "scan", []), ("a", "train", ["scan", "b"]), ("b", "evaluate", ["a"])), "stages:", "cycle"),
         (_stages(("scan", "scan", []), ("train", "train", []), ("evaluate", "evaluate", ["train"])),
          "stages (train)", "needs a scan stage upstream"),
-        ([{"name": "scan", "kind": "scan", "options": {"source": 1}}], "stages.0.options.source = 1", "allowed: 0 … 0"),
+        ([{"name": "scan", "kind": "scan", "options": {"source": 1}}], "stages.0.options.source = 1",
+         "allowed: image, 0 … 0"),
         ([{"name": "scan", "kind": "scan", "options": {"source": "0"}}], "stages.0.options.source = '0'", "allowed"),
     ],
 )

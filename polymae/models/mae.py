@@ -1,13 +1,15 @@
-"""The PolyMAE model: one masked autoencoder over any set of modalities.
+"""The PolyMAE model: one masked autoencoder over any set of named streams.
 
-    per modality: embed(values) + position(coords) + modality embedding
-    ──▶ concat all modalities ──▶ keep visible tokens ──▶ encoder (timm Blocks)
-    ──▶ decoder: mask tokens back in place, decoder positions ──▶ per-modality heads
-    ──▶ per-modality losses on masked, valid tokens
+    per stream: embed(values) + position(coords) + stream embedding
+    ──▶ concat all streams ──▶ keep visible tokens ──▶ encoder (timm Blocks)
+    ──▶ decoder: mask tokens back in place, decoder positions ──▶ per-stream heads
+    ──▶ per-stream losses on masked, valid tokens, weighted and summed
 
-A single-modality MAE (image, video, audio...) is the one-modality case. The method names
-mirror facebookresearch/mae: ``forward_encoder``, ``forward_decoder``, ``forward_loss``.
-Batches are dicts of tensors keyed ``"<modality>.<field>"`` (see polymae.tokenizer.stream).
+A stream is one modality plugin's tokens under a name (default: the modality), so two streams
+of one plugin (two cameras) have their own embeddings and heads. A single-modality MAE (image,
+video, audio...) is the one-stream case. The method names mirror facebookresearch/mae:
+``forward_encoder``, ``forward_decoder``, ``forward_loss``. Batches are dicts of tensors keyed
+``"<stream>.<field>"`` (see polymae.tokenizer.stream).
 """
 
 from __future__ import annotations
@@ -56,10 +58,13 @@ def loss_mask(batch: Batch, modality: str) -> torch.Tensor:
 
 
 class PolyMAE(nn.Module):
-    def __init__(self, plugins: dict[str, ModalityPlugin], cfg: ModelConfig) -> None:
+    def __init__(self, plugins: dict[str, ModalityPlugin], cfg: ModelConfig,
+                 loss_weights: dict[str, float] | None = None) -> None:
+        """``plugins``: stream name → its plugin; ``loss_weights``: stream name → weight (default 1)."""
         super().__init__()
         self.plugins = plugins
-        self.modalities = sorted(plugins)
+        self.modalities = sorted(plugins)  # the stream names, in a fixed order
+        self.loss_weights = {m: float((loss_weights or {}).get(m, 1.0)) for m in self.modalities}
         self.cfg = cfg
         w, dw = cfg.width, cfg.decoder_width
         # encoder
@@ -96,23 +101,30 @@ class PolyMAE(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # --- helpers ---------------------------------------------------------------------------
+    def streams_in(self, batch: Batch) -> list[str]:
+        """The model's streams that ``batch`` has columns for (a batch may bring only some:
+        embedding one stream's files; the others count as absent)."""
+        return [m for m in self.modalities if column(m, "values") in batch]
+
     def _cat(self, batch: Batch, field: str) -> torch.Tensor:
-        return torch.cat([batch[column(m, field)] for m in self.modalities], dim=1)
+        return torch.cat([batch[column(m, field)] for m in self.streams_in(batch)], dim=1)
 
     def _positions(self, modules: nn.ModuleDict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Position codes (B, N, width): the part added once to the input, and the part added
         before every block (modalities whose plugin sets ``position_every_block``, as Point-MAE);
         the second is None when no modality asks for it."""
-        codes = [modules[m](batch[column(m, "coords")]) for m in self.modalities]
-        every = [self.plugins[m].position_every_block for m in self.modalities]
+        names = self.streams_in(batch)
+        codes = [modules[m](batch[column(m, "coords")]) for m in names]
+        every = [self.plugins[m].position_every_block for m in names]
         if not any(every):
             return torch.cat(codes, dim=1), None
         once = torch.cat([torch.zeros_like(c) if e else c for c, e in zip(codes, every, strict=True)], dim=1)
         return once, torch.cat([c if e else torch.zeros_like(c) for c, e in zip(codes, every, strict=True)], dim=1)
 
     def _split(self, x: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        sizes = [batch[column(m, "valid")].shape[1] for m in self.modalities]
-        return dict(zip(self.modalities, torch.split(x, sizes, dim=1), strict=True))
+        names = self.streams_in(batch)
+        sizes = [batch[column(m, "valid")].shape[1] for m in names]
+        return dict(zip(names, torch.split(x, sizes, dim=1), strict=True))
 
     # --- the method --------------------------------------------------------------------------
     def forward_encoder(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,7 +137,7 @@ class PolyMAE(nn.Module):
         """
         pos_once, pos_every = self._positions(self.position, batch)
         tokens = pos_once + torch.cat(
-            [self.embed[m](batch[column(m, "values")]) + self.modality_embed[m] for m in self.modalities], dim=1
+            [self.embed[m](batch[column(m, "values")]) + self.modality_embed[m] for m in self.streams_in(batch)], dim=1
         )
         visible = self._cat(batch, "visible") & self._cat(batch, "valid")
         counts = visible.sum(dim=1)
@@ -159,7 +171,7 @@ class PolyMAE(nn.Module):
         x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))  # unshuffle
         pos_once, pos_every = self._positions(self.decoder_position, batch)
         x = x + pos_once + torch.cat([self.decoder_modality_embed[m].expand(b, batch[column(m, "valid")].shape[1], -1)
-                                      for m in self.modalities], dim=1)
+                                      for m in self.streams_in(batch)], dim=1)
         sees = (self._cat(batch, "visible") | self._cat(batch, "decoded")) & self._cat(batch, "valid")
         x = self._decode(cls, x, sees, pos_every)
         return {m: self.heads[m](part) for m, part in self._split(x, batch).items()}
@@ -189,20 +201,26 @@ class PolyMAE(nn.Module):
         return y.new_zeros(b, n, y.shape[-1]).scatter(1, ids[..., None].expand(-1, -1, y.shape[-1]), y)
 
     def forward_loss(self, batch: Batch, preds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-modality loss on tokens hidden from the encoder and seen by the decoder (and valid):
-        MAE's masked tokens, or VideoMAE V2's "masked for the encoder, kept for the decoder"."""
+        """Per-stream loss on tokens hidden from the encoder and seen by the decoder (and valid):
+        MAE's masked tokens, or VideoMAE V2's "masked for the encoder, kept for the decoder".
+
+        A stream with no such token in the batch (every sample lacks it, or shows all of it)
+        scores 0, still through its head: under DDP every parameter takes part in every step."""
         losses = {}
-        for m in self.modalities:
+        for m in self.streams_in(batch):
             mask = loss_mask(batch, m)
-            losses[m] = self.plugins[m].loss(preds[m], batch[column(m, "values")], mask)
+            if len(self.modalities) > 1 and not bool(mask.any()):
+                losses[m] = preds[m].sum() * 0.0
+            else:
+                losses[m] = self.plugins[m].loss(preds[m], batch[column(m, "values")], mask)
         return losses
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """→ (total loss, per-modality losses, per-modality predictions)."""
+        """→ (total loss: the weighted sum of the streams', per-stream losses, per-stream predictions)."""
         latent, ids_restore, keep = self.forward_encoder(batch)
         preds = self.forward_decoder(latent, ids_restore, keep, batch)
         losses = self.forward_loss(batch, preds)
-        return sum(losses.values()), losses, preds
+        return sum(self.loss_weights[m] * v for m, v in losses.items()), losses, preds
 
     @torch.no_grad()
     def embed_batch(self, batch: Batch) -> torch.Tensor:

@@ -27,13 +27,14 @@ from polymae.tokenizer.stream import streams_to_columns
 class Embedder:
     """A Ray Data actor: the model is loaded once per actor, not once per batch."""
 
-    def __init__(self, checkpoint: str) -> None:
+    def __init__(self, checkpoint: str, stream: str) -> None:
         torch.set_num_threads(1)
         self.model, spec = load_model(checkpoint)
-        self.source = spec.sources[0]
+        self.stream = stream
+        self.source = spec.source(stream)
         self.plugin = make_plugin(self.source.modality, self.source.config)
         # no masking at inference: the encoder sees every token (query tokens stay hidden)
-        self.policy = MaskPolicy({self.plugin.name: MaskSpec(strategy="random", ratio=0.0)}, spec.seed)
+        self.policy = MaskPolicy({stream: MaskSpec(strategy="random", ratio=0.0)}, spec.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, paths, streams, reasons = [], [], [], []
@@ -41,22 +42,22 @@ class Embedder:
             try:
                 data = read_bytes(str(path), self.plugin)
                 samples = tokenize_views(self.plugin, self.policy, data, str(path), str(sid), epoch=0, seed=0,
-                                         first=0, count=1 << 30, train=False)  # every view, evaluation crops
+                                         first=0, count=1 << 30, train=False,  # every view, evaluation crops
+                                         stream=self.stream)
             except BadInputError as err:
-                reasons.append({"path": str(path), "modality": self.plugin.name, "stage": err.stage,
-                                "reason": err.reason})
+                reasons.append({"path": str(path), "stage": err.stage, "reason": err.reason})
                 continue
             except Exception as err:  # a decoder bug must not lose the file
-                reasons.append({"path": str(path), "modality": self.plugin.name, "stage": "decode",
+                reasons.append({"path": str(path), "stage": "decode",
                                 "reason": f"unexpected {type(err).__name__}: {err}"})
                 continue
             for view, sample in enumerate(samples):
                 ids.append(view_id(str(sid), view))
                 paths.append(str(path))
-                streams.append(sample[self.plugin.name])
+                streams.append(sample[self.stream])
         embeddings = np.zeros((0, self.model.cfg.width), np.float32)
         if streams:
-            columns = streams_to_columns(self.plugin.name, streams)
+            columns = streams_to_columns(self.stream, streams)  # the model's other streams: absent
             with torch.no_grad():
                 embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()}).numpy()
         padding = np.zeros((len(reasons), embeddings.shape[1]), np.float32)  # bad files' rows, dropped later
@@ -67,26 +68,33 @@ class Embedder:
                 "reason": np.array([""] * len(ids) + [r["reason"] for r in reasons], dtype=object)}
 
 
-def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurrency: int = 1) -> dict[str, Any]:
-    """Embed every file under ``paths`` with the model of ``checkpoint`` → Parquet shards in
-    ``output/embeddings`` and ``output/quarantine.parquet``; → counts (files, embedded,
-    quarantined, rows: a video or long recording gives a row per clip or window)."""
+def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurrency: int = 1,
+                stream: str | None = None) -> dict[str, Any]:
+    """Embed every file under ``paths`` as ``stream`` (default: the model's first stream) with the
+    model of ``checkpoint`` → Parquet shards in ``output/embeddings`` and
+    ``output/quarantine.parquet``; → counts (files, embedded, quarantined, rows: a video or long
+    recording gives a row per clip or window)."""
     _, spec = load_model(checkpoint)
-    source = SourceSpec(modality=spec.sources[0].modality, paths=[str(Path(p).resolve()) for p in paths],
-                        config=spec.sources[0].config)
+    stream = stream or spec.sources[0].name
+    if stream not in spec.streams:
+        raise ValueError(f"stream {stream!r}: the model has streams {', '.join(spec.streams)}")
+    trained = spec.source(stream)
+    source = SourceSpec(name=stream, modality=trained.modality, paths=[str(Path(p).resolve()) for p in paths],
+                        config=trained.config)
     files = discover(source, make_plugin(source.modality, source.config).extensions)
     if not files:
         raise FileNotFoundError(f"no {source.modality} files under {paths}")
     rows = ray.data.from_items([{"sample_id": f.sample_id, "path": f.path} for f in files]).map_batches(
-        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint)}, batch_size=8, batch_format="numpy",
+        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream}, batch_size=8,
+        batch_format="numpy",
         concurrency=concurrency,
     ).materialize()
     good = rows.filter(lambda r: not r["reason"])
     bad = rows.filter(lambda r: bool(r["reason"])).take_all()
     Path(output).mkdir(parents=True, exist_ok=True)
     good.drop_columns(["stage", "reason"]).write_parquet(str(Path(output) / "embeddings"))
-    write_quarantine([{"path": r["path"], "modality": source.modality, "stage": r["stage"], "reason": r["reason"]}
-                      for r in bad], str(Path(output) / "quarantine.parquet"))
+    write_quarantine([{"path": r["path"], "stream": stream, "modality": source.modality, "stage": r["stage"],
+                       "reason": r["reason"]} for r in bad], str(Path(output) / "quarantine.parquet"))
     embedded_rows = good.count()
     quarantined = len({r["path"] for r in bad})
     return {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,

@@ -13,7 +13,7 @@ from polymae.tokenizer.stream import columns_to_streams
 
 
 def evaluate(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-    """Loss (fp32, eval mode) on a fixed batch and the per-modality predictions."""
+    """Loss (fp32, eval mode) on a fixed batch and the per-stream predictions."""
     model.eval()
     tensors = {k: torch.as_tensor(v) for k, v in batch.items() if "." in k}
     with torch.no_grad():
@@ -22,16 +22,15 @@ def evaluate(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> tuple[floa
 
 
 def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> list[Path]:
-    """One PNG: a row per sample of the fixed batch, per modality the plugin's render; and a GIF
-    per modality whose plugin animates (its first sample). → the files written."""
+    """One PNG: per stream, a row per sample of the fixed batch that has the stream (the plugin's
+    render); and a GIF per stream whose plugin animates (its first sample). → the files written."""
     _, preds = evaluate(model, batch)
     rows, written = [], [path]
     path.parent.mkdir(parents=True, exist_ok=True)
     for m, plugin in model.plugins.items():
-        streams = columns_to_streams(m, batch)
-        for stream, pred in zip(streams, preds[m], strict=True):
-            rows.append(plugin.render(stream, pred))
-        frames = plugin.render_frames(streams[0], preds[m][0])
+        present = [(s, p) for s, p in zip(columns_to_streams(m, batch), preds[m], strict=True) if s.valid.any()]
+        rows += [plugin.render(stream, pred) for stream, pred in present]
+        frames = plugin.render_frames(*present[0]) if present else None
         if frames:
             gif = path.with_name(f"{path.stem}_{m}.gif")
             images = [Image.fromarray(f) for f in frames]

@@ -29,7 +29,7 @@ from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
 from polymae.orchestration.train import train_loop_per_worker
-from polymae.pipelines.dag import upstream_of_kind
+from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
 from polymae.pipelines.data import (
     SampleFile,
     ScanResult,
@@ -41,6 +41,7 @@ from polymae.pipelines.data import (
     write_token_shards,
 )
 from polymae.pipelines.spec import PipelineSpec, StageSpec, spec_to_yaml
+from polymae.pipelines.split import split_files
 
 
 @dataclass
@@ -65,7 +66,20 @@ class RunContext:
         return upstream_of_kind(stage, kind, {s.name: s for s in self.spec.stages})
 
     def scan_of(self, stage: StageSpec) -> ScanResult:
-        return self.scans[self.upstream(stage, "scan").name]
+        """Every scan upstream of ``stage`` together (one per stream, or one for all)."""
+        by_name = {s.name: s for s in self.spec.stages}
+        scans = [self.scans[n] for n in ancestors(stage, by_name) if by_name[n].kind == "scan"]
+        return scans[0] if len(scans) == 1 else ScanResult.merge(scans)
+
+    def split_of(self, stage: StageSpec) -> tuple[list[SampleFile], list[SampleFile]]:
+        """(training files, held-out files) of the scans upstream of ``stage`` (spec.split)."""
+        split = self.spec.split
+        return split_files(self.scan_of(stage).good, split.holdout, split.files, self.spec.seed)
+
+    def eval_files(self, stage: StageSpec) -> list[SampleFile]:
+        """What evaluation scores: the held-out files, or (no split) the training files."""
+        train, heldout = self.split_of(stage)
+        return heldout or train
 
     def checkpoint_of(self, stage: StageSpec) -> Path:
         return self.checkpoints[self.upstream(stage, "train").name]
@@ -97,13 +111,13 @@ class ScanStage(Stage):
     kind = "scan"
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
-        source = ctx.spec.sources[int(stage.options.get("source", 0))]
-        scanned = scan(ctx.spec, [source])  # also resolves dataset statistics into source.config
+        sources = scan_sources(ctx.spec, stage)
+        scanned = scan(ctx.spec, sources)  # also resolves dataset statistics into each source.config
         folder = Path(ctx.spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
         record = {"good": [vars(f) for f in scanned.good], "quarantine": scanned.quarantine,
-                  "config": source.config}
+                  "configs": {s.name: s.config for s in sources}}
         (folder / "scan.json").write_text(json.dumps(record))
         self._finish(ctx, stage, scanned)
         return str(folder)
@@ -113,7 +127,10 @@ class ScanStage(Stage):
         if not path.is_file():
             return False
         record = json.loads(path.read_text())
-        ctx.spec.sources[int(stage.options.get("source", 0))].config.update(record["config"])
+        if "configs" not in record:  # written before streams had names
+            return False
+        for name, config in record["configs"].items():
+            ctx.spec.source(name).config.update(config)
         self._finish(ctx, stage, ScanResult([SampleFile(**f) for f in record["good"]], record["quarantine"]))
         return True
 
@@ -128,10 +145,17 @@ class ScanStage(Stage):
         client.log_artifact(ctx.run_id, str(out / "quarantine.parquet"))
         for key, value in counts.items():
             client.log_metric(ctx.run_id, f"data/{key}", value)
+        for name, per_stream in scanned.counts_by_stream.items():  # the same schema for one stream or many
+            for key, value in per_stream.items():
+                client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
         client.set_tag(ctx.run_id, "polymae.dataset_fingerprint", scanned.dataset_fingerprint)
         print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
               f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}); "
               f"{counts['samples']} samples per epoch")
+        if len(scanned.streams) > 1:
+            for name, c in scanned.counts_by_stream.items():
+                print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized "
+                      f"+ {c['quarantined']} quarantined; {c['samples']} samples per epoch")
         for row in scanned.quarantine:
             print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
         if not scanned.good:
@@ -149,10 +173,15 @@ class TrainStage(Stage):
     kind = "train"
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
-        spec, train, files = ctx.spec, ctx.spec.train, ctx.scan_of(stage).good
+        spec, train = ctx.spec, ctx.spec.train
+        files, heldout = ctx.split_of(stage)
+        if heldout:
+            print(f"[polymae] split: {len(files)} files for training, {len(heldout)} held out for evaluation")
+            for key, value in {"train_files": len(files), "heldout_files": len(heldout)}.items():
+                ctx.client.log_metric(ctx.run_id, f"data/{key}", value)
         resume = latest_checkpoint(ctx.out_dir / "train") or train.resume_from
         start_step = checkpoint_step(resume) if resume else 0
-        eval_batch = fixed_batch(spec, files)
+        eval_batch = fixed_batch(spec, heldout or files)
         np.savez(ctx.out_dir / "eval_batch.npz", **{k: v for k, v in eval_batch.items() if "." in k})
         ctx.client.log_artifact(ctx.run_id, str(ctx.out_dir / "eval_batch.npz"))
         model = build_model(spec)
@@ -163,7 +192,6 @@ class TrainStage(Stage):
             batch = train.batch_size
             stream = token_dataset(spec, files, start_step * batch,
                                    (train.steps - start_step) * batch + samples_per_epoch(files))
-            stream = stream.drop_columns(["sample_id"])  # strings do not become tensors
             use_gpu = train.use_gpu == "yes" or (train.use_gpu == "auto" and cluster_has_gpus())
             trainer = TorchTrainer(
                 train_loop_per_worker,
@@ -204,7 +232,7 @@ class EvaluateStage(Stage):
         checkpoint = ctx.checkpoint_of(stage)
         model = build_model(ctx.spec)
         step = load_weights(checkpoint, model)
-        ctx.eval_loss = log_eval(ctx.client, ctx.run_id, model, fixed_batch(ctx.spec, ctx.scan_of(stage).good),
+        ctx.eval_loss = log_eval(ctx.client, ctx.run_id, model, fixed_batch(ctx.spec, ctx.eval_files(stage)),
                                  step, ctx.out_dir)
         path = ctx.out_dir / f"{stage.name}.json"
         path.write_text(json.dumps({"step": step, "eval_loss": ctx.eval_loss, "checkpoint": str(checkpoint)}))
@@ -249,7 +277,8 @@ class EmbedStage(Stage):
         from polymae.orchestration.embed import embed_files
 
         out = stage.options.get("output") or str(ctx.out_dir / f"{stage.name}")
-        counts = embed_files(ctx.checkpoint_of(stage), list(stage.options["paths"]), out)
+        counts = embed_files(ctx.checkpoint_of(stage), list(stage.options["paths"]), out,
+                             stream=stage.options.get("stream"))
         for key, value in counts.items():
             ctx.client.log_metric(ctx.run_id, f"{stage.name}/{key}", value)
         return out

@@ -110,10 +110,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     per_worker = train.batch_size // world
     shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device)
+    # numpy batches: the sample ids (strings) travel with the token columns, so errors can name samples
+    batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="numpy")
     tic, seen = time.perf_counter(), 0
     model.train()
-    for batch in batches:
+    for numpy_batch in batches:
         if skip:
             skip -= 1
             continue
@@ -122,9 +123,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = learning_rate(step, train)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = {k: v for k, v in batch.items() if "." in k}  # token columns only
+        batch = {k: torch.as_tensor(v).to(device) for k, v in numpy_batch.items() if "." in k}  # token columns
         with autocast(device, dtype):
             loss, losses, _ = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} "
+                                     f"({', '.join(f'{m} {v.item():.4g}' for m, v in losses.items())}); samples: "
+                                     f"{', '.join(map(str, numpy_batch['sample_id']))}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

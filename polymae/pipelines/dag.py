@@ -35,14 +35,23 @@ _TRAIN_LOGISTICS = {"workers", "cpus_per_worker", "use_gpu", "log_every", "check
                     "resume_from", "max_failures", "placement_strategy"}
 
 
+def scan_sources(spec: PipelineSpec, stage: StageSpec) -> list[Any]:
+    """The sources a scan stage reads: ``options.source`` (a stream name or index), else all."""
+    choice = stage.options.get("source")
+    if choice is None:
+        return list(spec.sources)
+    return [spec.streams[choice] if isinstance(choice, str) else spec.sources[choice]]
+
+
 def _scan_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
-    source = spec.sources[int(stage.options.get("source", 0))]
-    return {"source": source.model_dump(mode="json"), "files": file_stats(source)}
+    return [{"source": source.model_dump(mode="json"), "files": file_stats(source)}
+            for source in scan_sources(spec, stage)]
 
 
 def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
     return {"seed": spec.seed, "model": spec.model.resolved().model_dump(mode="json"),
             "train": spec.train.model_dump(mode="json", exclude=_TRAIN_LOGISTICS),
+            "split": spec.split.model_dump(mode="json"),
             "mask": {m: s.model_dump(mode="json") for m, s in spec.mask_specs().items()}}
 
 
@@ -78,7 +87,7 @@ def file_stats(source: Any) -> list[tuple[str, int, int]]:
     return out
 
 
-def check_stages(stages: list[StageSpec], num_sources: int) -> list[str]:
+def check_stages(stages: list[StageSpec], streams: list[str]) -> list[str]:
     """Problems of a stage list, one line each (kinds, names, needs, cycles)."""
     problems = []
     names = [s.name for s in stages]
@@ -95,9 +104,11 @@ def check_stages(stages: list[StageSpec], num_sources: int) -> list[str]:
         paths = stage.options.get("paths")
         if stage.kind == "embed" and not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
             problems.append(f"stages.{i}.options.paths = {paths!r}: an embed stage needs a list of files or folders")
-        source = stage.options.get("source", 0) if stage.kind == "scan" else 0
-        if not isinstance(source, int) or not 0 <= source < num_sources:
-            problems.append(f"stages.{i}.options.source = {source!r}: allowed: 0 … {num_sources - 1}")
+        source = stage.options.get("source") if stage.kind == "scan" else None
+        index_ok = isinstance(source, int) and not isinstance(source, bool) and 0 <= source < len(streams)
+        if source is not None and not index_ok and source not in streams:
+            problems.append(f"stages.{i}.options.source = {source!r}: a stream name or index; allowed: "
+                            f"{', '.join(streams)}, 0 … {len(streams) - 1} (default: every stream)")
     if problems:
         return problems
     try:

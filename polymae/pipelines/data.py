@@ -2,11 +2,14 @@
 
     scan:   every file is read and decoded once; it ends as a good file (with the number of
             samples it yields: clips of a video, windows of a recording) or a quarantine row
-            (path, modality, stage, reason), so total = tokenized + quarantined. Plugins that
-            need dataset statistics get them totalled here with a Ray Data aggregation.
+            (path, stream, modality, stage, reason), so total = tokenized + quarantined, per
+            stream. Plugins that need dataset statistics get them totalled here with a Ray Data
+            aggregation.
     stream: an epoch manifest of good files (global sample i is a fixed (file, view) pair, so a
             resumed run starts at sample step·batch) → read, decode once, sample views, tokenize
             and mask in ``map_batches``, each sample seeded by (run seed, sample id, epoch).
+            Every batch has the columns of every stream; a sample without a stream carries it
+            as absent (no valid token: never visible, never scored).
 """
 
 from __future__ import annotations
@@ -30,9 +33,8 @@ from polymae.tokenizer.masking import MaskPolicy, MaskSpec, sample_rng
 from polymae.tokenizer.stream import TokenStream, streams_to_columns
 
 log = logging.getLogger(__name__)
-QUARANTINE_SCHEMA = pa.schema(
-    [("path", pa.string()), ("modality", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
-)
+QUARANTINE_SCHEMA = pa.schema([("path", pa.string()), ("stream", pa.string()), ("modality", pa.string()),
+                               ("stage", pa.string()), ("reason", pa.string())])
 
 
 def read_bytes(path: str, plugin: ModalityPlugin) -> bytes:
@@ -113,15 +115,35 @@ class ScanResult:
     good: list[SampleFile]
     quarantine: list[dict[str, str]]
 
+    @classmethod
+    def merge(cls, scans: list[ScanResult]) -> ScanResult:
+        """Several scans (one per stream, say) as one."""
+        return cls([f for s in scans for f in s.good], [r for s in scans for r in s.quarantine])
+
     @property
     def dataset_fingerprint(self) -> str:
         """sha256 over the good files' ids and contents: the same data gives the same value anywhere."""
         return hashlib.sha256("\n".join(f"{f.sample_id} {f.sha256}" for f in self.good).encode()).hexdigest()
 
     @property
+    def streams(self) -> list[str]:
+        return sorted({f.stream for f in self.good} | {r["stream"] for r in self.quarantine})
+
+    @property
     def counts(self) -> dict[str, int]:
-        return {"total": len(self.good) + len(self.quarantine), "tokenized": len(self.good),
-                "quarantined": len(self.quarantine), "samples": samples_per_epoch(self.good)}
+        """The run's totals: ``total = tokenized + quarantined`` files, ``samples`` per epoch."""
+        return _counts(self.good, self.quarantine)
+
+    @property
+    def counts_by_stream(self) -> dict[str, dict[str, int]]:
+        """The same counts for each stream (logged as ``data/<stream>/<count>``)."""
+        return {name: _counts([f for f in self.good if f.stream == name],
+                              [r for r in self.quarantine if r["stream"] == name]) for name in self.streams}
+
+
+def _counts(good: list[SampleFile], quarantine: list[dict[str, str]]) -> dict[str, int]:
+    return {"total": len(good) + len(quarantine), "tokenized": len(good), "quarantined": len(quarantine),
+            "samples": samples_per_epoch(good)}
 
 
 def samples_per_epoch(files: list[SampleFile]) -> int:
@@ -143,6 +165,9 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
         files = discover(source, plugin.extensions)
         if not files:
             continue
+        if len(spec.sources) > 1:  # ids unique across streams (two folders may both hold 0001.png)
+            for f in files:
+                f.sample_id = f"{source.name}:{f.sample_id}"
         ids = {f.path: f for f in files}
         kwargs = {"modality": source.modality, "config": source.config}
         try:
@@ -155,11 +180,11 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
             ds = ray.data.from_items(scan_isolated([f.path for f in files], kwargs))
         for row in sorted(ds.take_all(), key=lambda r: r["path"]):
             if row["reason"]:
-                quarantine.append({"path": row["path"], "modality": source.modality,
+                quarantine.append({"path": row["path"], "stream": source.name, "modality": source.modality,
                                    "stage": row["stage"], "reason": row["reason"]})
             else:
                 good.append(SampleFile(ids[row["path"]].sample_id, row["path"], int(row["num_samples"]),
-                                       str(row["sha256"])))
+                                       str(row["sha256"]), source.name))
         if plugin.statistics:
             columns = [f"statistic_{key}" for key in plugin.statistics]
             totals = ds.sum(columns)  # {"sum(<column>)": total}, or the bare total for one column
@@ -196,64 +221,77 @@ def epoch_manifest(files: list[SampleFile], seed: int, start: int, count: int) -
         f = files[order[pos]]
         first = offset - int(ends[pos] - f.num_samples)
         take = min(f.num_samples - first, end - index)
-        rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": epoch, "first": first, "count": take})
+        rows.append({"sample_id": f.sample_id, "stream": f.stream, "path": f.path, "epoch": epoch,
+                     "first": first, "count": take})
         index += take
     return rows
 
 
 def manifest_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Manifest rows → the column batch ``tokenize_batch`` takes."""
-    return {key: np.array([r[key] for r in rows], dtype=object if key in ("sample_id", "path") else np.int64)
+    return {key: np.array([r[key] for r in rows], dtype=object if key in ("sample_id", "stream", "path") else np.int64)
             for key in rows[0]}
 
 
 def tokenize_views(
     plugin: ModalityPlugin, policy: MaskPolicy, data: bytes, path: str, sample_id: str,
-    epoch: int, seed: int, first: int, count: int, train: bool = True,
+    epoch: int, seed: int, first: int, count: int, train: bool = True, stream: str | None = None,
 ) -> list[dict[str, TokenStream]]:
     """Decode one file once, sample its views (augmented with one seeded generator), keep
-    views ``first … first+count`` and mask each — the same for every worker."""
+    views ``first … first+count`` and mask each — the same for every worker. Each sample is
+    ``{stream: TokenStream}`` (``stream`` defaults to the plugin's modality)."""
     rng = sample_rng(seed, sample_id, epoch, "augment") if train else None
     samples = []
-    for view, stream in enumerate(plugin.tokenize_file(data, path, rng)[first : first + count], start=first):
-        sample = {plugin.name: stream}
+    for view, tokens in enumerate(plugin.tokenize_file(data, path, rng)[first : first + count], start=first):
+        sample = {stream or plugin.name: tokens}
         policy.apply(sample, view_id(sample_id, view), epoch)
         samples.append(sample)
     return samples
 
 
+def absent_stream(plugin: ModalityPlugin) -> TokenStream:
+    """The stream of a sample that lacks it: no valid token, so never visible and never scored."""
+    n, d, c = plugin.token_shape
+    return TokenStream(np.zeros((n, d)), np.zeros((n, c)), np.zeros(n), np.zeros(n, bool))
+
+
 def tokenize_batch(
-    batch: dict[str, np.ndarray], modality: str, config: dict, masks: dict[str, dict], seed: int,
+    batch: dict[str, np.ndarray], streams: dict[str, dict], masks: dict[str, dict], seed: int,
     train: bool = True,
 ) -> dict[str, np.ndarray]:
-    """map_batches: manifest rows → token-stream columns. A file that fails here (changed
-    since the scan) is dropped from the batch; the scan already quarantined bad files."""
-    plugin = make_plugin(modality, config)
+    """map_batches: manifest rows → token-stream columns of every stream in ``streams`` (name →
+    modality and config). A file that fails here (changed since the scan) is dropped from the
+    batch; the scan already quarantined bad files."""
+    plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
     policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed)
-    streams, ids, epochs = [], [], []
-    rows = zip(batch["sample_id"], batch["path"], batch["epoch"], batch["first"], batch["count"], strict=True)
-    for sid, path, epoch, first, count in rows:
+    only = next(iter(plugins)) if len(plugins) == 1 else None
+    samples, ids, epochs = [], [], []
+    rows = zip(batch["sample_id"], batch["stream"], batch["path"], batch["epoch"], batch["first"], batch["count"],
+               strict=True)
+    for sid, name, path, epoch, first, count in rows:
+        name = str(name) or only  # "": a hand-made manifest of a one-stream spec
         try:
-            data = read_bytes(str(path), plugin)
-            samples = tokenize_views(plugin, policy, data, str(path), str(sid), int(epoch), seed,
-                                     int(first), int(count), train)
+            data = read_bytes(str(path), plugins[name])
+            views = tokenize_views(plugins[name], policy, data, str(path), str(sid), int(epoch), seed,
+                                   int(first), int(count), train, stream=name)
         except BadInputError as err:  # passed the scan, fails now: the file changed under us
             log.warning("dropped %s (epoch %s) from the stream: %s", path, epoch, err.reason)
             continue
-        streams += [sample[modality] for sample in samples]
-        ids += [view_id(str(sid), int(first) + k) for k in range(len(samples))]
-        epochs += [int(epoch)] * len(samples)
+        samples += views
+        ids += [view_id(str(sid), int(first) + k) for k in range(len(views))]
+        epochs += [int(epoch)] * len(views)
     out = {"sample_id": np.array(ids, dtype=object), "epoch": np.array(epochs, dtype=np.int64)}
-    if not streams:  # keep the columns (with zero rows) so the schema never changes
-        n, d, c = plugin.token_shape
-        empty = TokenStream(np.zeros((n, d)), np.zeros((n, c)), np.zeros(n), np.zeros(n, bool))
-        return {**out, **{k: v[:0] for k, v in streams_to_columns(modality, [empty]).items()}}
-    return {**out, **streams_to_columns(modality, streams)}
+    for name, plugin in plugins.items():
+        absent = absent_stream(plugin)
+        # zero samples: keep the columns (with zero rows) so the schema never changes
+        columns = streams_to_columns(name, [s.get(name, absent) for s in samples] or [absent])
+        out.update({k: v[: len(samples)] for k, v in columns.items()})
+    return out
 
 
 def stream_kwargs(spec: PipelineSpec, train: bool = True) -> dict[str, Any]:
-    source = spec.sources[0]
-    return {"modality": source.modality, "config": source.config, "seed": spec.seed, "train": train,
+    return {"streams": {s.name: {"modality": s.modality, "config": s.config} for s in spec.sources},
+            "seed": spec.seed, "train": train,
             "masks": {m: s.model_dump() for m, s in spec.mask_specs().items()}}
 
 
@@ -268,13 +306,25 @@ def token_dataset(spec: PipelineSpec, files: list[SampleFile], start: int, count
 
 def fixed_batch(spec: PipelineSpec, files: list[SampleFile], size: int = 4) -> dict[str, np.ndarray]:
     """A deterministic evaluation batch (evaluation views, epoch-0 masks): the first sample
-    of each of the first files, then further samples of the same files if there are few."""
+    of each of the first files of every stream in turn, then further samples of the same files
+    if there are few."""
+    order = _round_robin(files)
     rows: list[dict[str, Any]] = []
-    for view in range(max(f.num_samples for f in files)):
-        for f in files:
+    for view in range(max(f.num_samples for f in order)):
+        for f in order:
             if view < f.num_samples and len(rows) < size:
-                rows.append({"sample_id": f.sample_id, "path": f.path, "epoch": 0, "first": view, "count": 1})
+                rows.append({"sample_id": f.sample_id, "stream": f.stream, "path": f.path, "epoch": 0,
+                             "first": view, "count": 1})
     return tokenize_batch(manifest_batch(rows), **stream_kwargs(spec, train=False))
+
+
+def _round_robin(files: list[SampleFile]) -> list[SampleFile]:
+    """Files interleaved by stream (a1, b1, a2, b2, …), so a small batch shows every stream."""
+    by_stream: dict[str, list[SampleFile]] = {}
+    for f in files:
+        by_stream.setdefault(f.stream, []).append(f)
+    lists = list(by_stream.values())
+    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
 
 
 def _as_arrow_lists(batch: dict[str, np.ndarray]) -> pa.Table:

@@ -10,10 +10,11 @@ from typing import Any
 
 @dataclass
 class SampleFile:
-    sample_id: str  # stable across machines: the path relative to its source root
+    sample_id: str  # unique in the dataset, stable across machines (see discover)
     path: str
     num_samples: int = 1  # samples the file yields (known after the scan)
     sha256: str = ""  # of the file's bytes (known after the scan)
+    stream: str = ""  # the source's stream name ("": the spec's only stream)
 
 
 def view_id(sample_id: str, view: int) -> str:
@@ -23,18 +24,23 @@ def view_id(sample_id: str, view: int) -> str:
 
 def discover(source: Any, extensions: tuple[str, ...]) -> list[SampleFile]:
     """Files named by a source: explicit files as given; folders searched recursively for the
-    plugin's extensions; globs expanded. Sorted, without duplicates."""
-    found: dict[str, SampleFile] = {}
+    plugin's extensions; globs expanded. Sorted, without duplicates.
+
+    A file's id is its path relative to the deepest folder holding every file of the source: a
+    source of one folder gives ids relative to it (``cat/01.jpg``), two folders or explicit files
+    in different folders give ids that keep them apart (``a/x.jpg``, ``b/x.jpg``), and a copy of
+    the dataset elsewhere gets the same ids."""
+    paths: set[str] = set()
     for entry in source.paths:
         if os.path.isdir(entry):
             for root, _, names in os.walk(entry):
-                for name in names:
-                    if name.lower().endswith(extensions):
-                        full = os.path.join(root, name)
-                        found[full] = SampleFile(os.path.relpath(full, entry), full)
+                paths.update(os.path.join(root, n) for n in names if n.lower().endswith(extensions))
         else:
-            for full in sorted(glob.glob(entry)) or [entry]:
-                found[full] = SampleFile(os.path.basename(full), full)
-    return sorted(found.values(), key=lambda f: f.sample_id)
-
-
+            paths.update(sorted(glob.glob(entry)) or [entry])
+    if not paths:
+        return []
+    dirs = {entry if os.path.isdir(entry) else os.path.dirname(entry) for entry in source.paths}
+    root = os.path.commonpath([os.path.abspath(d) for d in dirs | {os.path.dirname(p) for p in paths}])
+    stream = getattr(source, "name", "")
+    files = [SampleFile(os.path.relpath(os.path.abspath(p), root), p, stream=stream) for p in paths]
+    return sorted(files, key=lambda f: f.sample_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,10 +34,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: stream names prefix column names ("rgb.values")
+
+
 class SourceSpec(_Strict):
+    """One named stream of the samples: a modality plugin, its files and its settings. Columns,
+    masks, losses, heads, renders and metrics are keyed by ``name`` (default: the modality), so
+    two streams of one plugin (two cameras, two optical sensors) coexist."""
+
+    name: str = Field("", description="the stream's name; default: the modality")
     modality: str
     paths: list[str] = Field(min_length=1, description="files, folders (searched recursively) or globs")
     config: dict[str, Any] = Field(default_factory=dict, description="plugin settings over its defaults")
+    loss_weight: float = Field(1.0, ge=0, description="weight of this stream's loss in the total (MultiMAE: 1)")
 
     @field_validator("modality")
     @classmethod
@@ -45,9 +55,17 @@ class SourceSpec(_Strict):
             raise ValueError(f"unknown modality {value!r}; allowed: {', '.join(available_modalities())}")
         return value
 
+    @model_validator(mode="after")
+    def _default_name(self) -> SourceSpec:
+        self.name = self.name or self.modality
+        if not re.match(NAME_PATTERN, self.name):
+            raise ValueError(f"stream name {self.name!r}: letters, digits, '_' and '-' only (it prefixes "
+                             "column names)")
+        return self
+
 
 class TokenizerSpec(_Strict):
-    mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per modality, over the plugin mask")
+    mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per stream name, over its plugin's mask")
 
 
 class ModelSpec(_Strict):
@@ -103,6 +121,13 @@ class TrackingSpec(_Strict):
     run_name: str | None = Field(None, description="same name again = continue that run")
 
 
+class SplitSpec(_Strict):
+    """Files held out of training; ``evaluate`` (and the eval renders) score them."""
+
+    holdout: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of each stream's files, seeded")
+    files: list[str] = Field(default_factory=list, description="files or globs held out (relative to the spec)")
+
+
 class OutputSpec(_Strict):
     dir: str = "runs"
     token_shards: bool = Field(False, description="also write the first epoch's tokens as Parquet")
@@ -124,26 +149,43 @@ class StageSpec(_Strict):
 class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
-    sources: list[SourceSpec] = Field(min_length=1, max_length=1)
+    sources: list[SourceSpec] = Field(min_length=1, description="the named streams of the samples")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(**s) for s in DEFAULT_STAGES])
 
+    @model_validator(mode="after")
+    def _unique_streams(self) -> PipelineSpec:
+        names = [s.name for s in self.sources]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"sources: stream names {twice} are used twice; give each source its own `name`")
+        return self
+
     @property
     def modalities(self) -> list[str]:
         return [s.modality for s in self.sources]
 
+    @property
+    def streams(self) -> dict[str, SourceSpec]:
+        """Stream name → its source, in spec order."""
+        return {s.name: s for s in self.sources}
+
+    def source(self, stream: str) -> SourceSpec:
+        return self.streams[stream]
+
     def mask_specs(self) -> dict[str, MaskSpec]:
-        """Per modality: the fields the spec sets over the plugin's reference mask."""
+        """Per stream: the fields the spec sets over its plugin's reference mask."""
         out = {}
-        for m in self.modalities:
-            given = self.tokenizer.mask.get(m)
+        for source in self.sources:
+            given = self.tokenizer.mask.get(source.name)
             fields = given.model_dump(include=given.model_fields_set) if given is not None else {}
-            out[m] = MaskSpec(**{**get_plugin_class(m).default_mask, **fields})
+            out[source.name] = MaskSpec(**{**get_plugin_class(source.modality).default_mask, **fields})
         return out
 
 
@@ -212,6 +254,7 @@ def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
     problems: list[str] = []
     for i, source in enumerate(spec.sources):
         source.paths = _resolve(source.paths, f"sources.{i}.paths", base_dir, problems)
+    spec.split.files = [p if os.path.isabs(p) else str((base_dir / p).resolve()) for p in spec.split.files]
     for i, stage in enumerate(spec.stages):
         if stage.kind == "embed":
             stage.options["paths"] = _resolve(stage.options["paths"], f"stages.{i}.options.paths", base_dir, problems)
@@ -248,14 +291,17 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
             plugin = get_plugin_class(source.modality)(source.config)
         except ValidationError:
             continue  # already reported above
-        reason = plugin.check_mask(masks[source.modality])
+        reason = plugin.check_mask(masks[source.name])
         if reason:
-            problems.append(f"tokenizer.mask.{source.modality} (with sources.{i}.config): {reason}")
-    problems += check_stages(spec.stages, len(spec.sources))
-    unknown = sorted(set(spec.tokenizer.mask) - set(spec.modalities))
+            problems.append(f"tokenizer.mask.{source.name} (with sources.{i}.config): {reason}")
+    if all(masks[s.name].ratio >= 1.0 for s in spec.sources):
+        problems.append(f"tokenizer.mask: ratio 1.0 on every stream ({', '.join(spec.streams)}) leaves the "
+                        "encoder nothing to see; allowed: 1.0 on some streams, < 1.0 on at least one")
+    problems += check_stages(spec.stages, list(spec.streams))
+    unknown = sorted(set(spec.tokenizer.mask) - set(spec.streams))
     if unknown:
-        problems.append(f"tokenizer.mask: {unknown} not among the sources' modalities; allowed: "
-                        f"{', '.join(spec.modalities)}")
+        problems.append(f"tokenizer.mask: {unknown} not among the sources' stream names; allowed: "
+                        f"{', '.join(spec.streams)}")
     if problems:
         raise SpecError(problems)
     resolve_paths(spec, Path(base_dir))

@@ -39,12 +39,13 @@ def available_strategies() -> list[str]:
 
 
 class MaskSpec(BaseModel):
-    """How one modality is masked. ``ratio`` is the fraction of units hidden from the encoder."""
+    """How one stream is masked. ``ratio`` is the fraction of units hidden from the encoder
+    (1.0: the stream is fully hidden, e.g. predicted from the other streams alone)."""
 
     model_config = ConfigDict(extra="forbid")
 
     strategy: str = "random"
-    ratio: float = Field(0.75, ge=0.0, lt=1.0)
+    ratio: float = Field(0.75, ge=0.0, le=1.0)
     # block (BEiT): smallest block in units, aspect-ratio range of each block
     min_block: int = Field(4, ge=1)
     max_aspect: float = Field(3.0, ge=1.0)

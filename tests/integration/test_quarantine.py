@@ -35,7 +35,7 @@ def test_scan_quarantines_every_bad_file_and_counts_add_up(tmp_path, photo_paths
 
     write_quarantine(result.quarantine, str(tmp_path / "q.parquet"))
     table = pq.read_table(tmp_path / "q.parquet")
-    assert table.column_names == ["path", "modality", "stage", "reason"] and table.num_rows == 5
+    assert table.column_names == ["path", "stream", "modality", "stage", "reason"] and table.num_rows == 5
 
 
 def test_oversized_file_quarantined_at_read(tmp_path, photo_paths, ray_local):
