@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from polymae.modalities import BadInputError
 from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank
-from polymae.modalities.image import patchify, unpatchify
+from polymae.ops import patchify, unpatchify
 from polymae.testing import check_plugin
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from polymae.modalities import BadInputError, make_plugin
-from polymae.modalities.image import patchify, unpatchify
+from polymae.ops import patchify, unpatchify
 from polymae.testing import check_plugin
 
 

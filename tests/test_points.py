@@ -238,6 +238,24 @@ def test_chamfer_l2_matches_point_mae_definition():
     assert float(loss.detach()) == 0.0 and none.grad is not None
 
 
+def test_chamfer_l2_with_padded_targets_uses_the_real_points_only():
+    """LiDAR's case: a true set holds n ≤ K real points, the rest of its K slots is padding."""
+    rng = np.random.default_rng(1)
+    pred, target = rng.normal(size=(2, 3, 12)), rng.normal(size=(2, 3, 12))  # 4 points per token
+    valid = np.arange(4) < rng.integers(1, 5, size=(2, 3, 1))  # (B, N, K): n real points each
+    target.reshape(2, 3, 4, 3)[~valid] = 1e3  # padding far away: it must never be the nearest point
+    mask = np.array([[True, True, False], [False, True, True]])
+    d1, d2 = [], []
+    for b, n in zip(*np.nonzero(mask), strict=True):
+        p, t = pred[b, n].reshape(4, 3), target[b, n].reshape(4, 3)[valid[b, n]]
+        d = ((p[:, None] - t[None]) ** 2).sum(-1)
+        d1 += list(d.min(axis=1))
+        d2 += list(d.min(axis=0))
+    tp, tt, tm, tv = (torch.tensor(a) for a in (pred, target, mask, valid))
+    assert np.isclose(float(chamfer_l2(tp, tt, tm, target_valid=tv)), np.mean(d1) + np.mean(d2), rtol=1e-5)
+    assert float(chamfer_l2(tt, tt, tm, target_valid=tv)) > 0  # padded slots predicted far away count in dist1
+
+
 def test_plugin_loss_and_position():
     plugin = PointsPlugin()
     stream = plugin.tokenize(plugin.decode(KITTEN.read_bytes(), str(KITTEN)), None)

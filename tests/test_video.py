@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from polymae.modalities.base import BadInputError
-from polymae.modalities.video import VideoPlugin, tubeletify, untubeletify
+from polymae.modalities.video import VideoPlugin
 from polymae.models.mae import PolyMAE, loss_mask
 from polymae.models.presets import resolve_model_config
+from polymae.ops import tubeletify, untubeletify
 from polymae.testing import check_plugin
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec, running_cell, sample_rng
 from polymae.tokenizer.stream import streams_to_columns

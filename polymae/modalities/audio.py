@@ -40,9 +40,8 @@ import torchaudio
 from pydantic import Field, model_validator
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.modalities.colour import viridis
-from polymae.modalities.image import patchify, unpatchify
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.ops import panel_row, patchify, unpatchify, viridis
 from polymae.tokenizer.stream import TokenStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -310,6 +309,5 @@ class AudioPlugin(ModalityPlugin):
         lo, hi = float(original.min()), float(original.max())
         hidden = spec(np.repeat(~stream.visible[:, None], p * p, axis=1)).T[::-1, :, None] > 0.5  # (F, T', 1)
         masked = np.where(hidden, np.uint8(128), colourize(original, lo, hi))
-        gap = np.full((original.shape[1], 4, 3), 255, dtype=np.uint8)
         pasted = np.where(stream.visible[:, None], values, pred)  # visible patches as they were
-        return np.concatenate([colourize(original, lo, hi), gap, masked, gap, colourize(spec(pasted), lo, hi)], axis=1)
+        return panel_row([colourize(original, lo, hi), masked, colourize(spec(pasted), lo, hi)])

@@ -1,8 +1,8 @@
 """Image plugin (MAE): Pillow decode → random-resized crop to 224 → 16×16 patches → 196 tokens.
 
 Token values are ImageNet-normalised pixels of a patch flattened in (row, col, channel)
-order, as MAE's ``patchify``; the loss is norm-pix MSE on masked patches
-(:mod:`polymae.models.losses.norm_pix_mse`).
+order, as MAE's ``patchify`` (:mod:`polymae.ops.patches`); the loss is norm-pix MSE on masked
+patches (:mod:`polymae.models.losses.norm_pix_mse`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,16 @@ from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.ops import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    centre_box,
+    panel_row,
+    patchify,
+    random_resized_crop_box,
+    unpatchify,
+)
 from polymae.tokenizer.stream import TokenStream
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageConfig(PluginConfig):
@@ -37,39 +43,6 @@ class ImageConfig(PluginConfig):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     norm_pix_loss: bool = True
-
-
-def patchify(image: np.ndarray, p: int) -> np.ndarray:
-    """(H, W, C) → (H/p · W/p, p·p·C), patches in row-major order, values in (row, col, ch)."""
-    h, w, c = image.shape[0] // p, image.shape[1] // p, image.shape[2]
-    return image.reshape(h, p, w, p, c).transpose(0, 2, 1, 3, 4).reshape(h * w, p * p * c)
-
-
-def unpatchify(tokens: np.ndarray, p: int, h: int, w: int, channels: int = 3) -> np.ndarray:
-    """(h·w, p·p·C) → (h·p, w·p, C): inverse of :func:`patchify`."""
-    return tokens.reshape(h, w, p, p, channels).transpose(0, 2, 1, 3, 4).reshape(h * p, w * p, channels)
-
-
-def _random_resized_crop_box(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    rng: np.random.Generator,
-) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params with a numpy generator → (top, left, h, w)."""
-    area = height * width
-    log_ratio = np.log(ratio)
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(*log_ratio))
-        w = int(round(np.sqrt(target_area * aspect)))
-        h = int(round(np.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return centre_box(height, width)
-
-
-def centre_box(height: int, width: int) -> tuple[int, int, int, int]:
-    side = min(height, width)
-    return (height - side) // 2, (width - side) // 2, side, side
 
 
 class ImagePlugin(ModalityPlugin):
@@ -126,7 +99,7 @@ class ImagePlugin(ModalityPlugin):
         cfg = self.config
         height, width = array.shape[:2]
         if rng is not None and cfg.random_crop:
-            top, left, h, w = _random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
+            top, left, h, w = random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
         else:
             top, left, h, w = centre_box(height, width)
         crop = Image.fromarray(array[top : top + h, left : left + w])
@@ -169,7 +142,5 @@ class ImagePlugin(ModalityPlugin):
         per_value = self.config.patch_size**2  # patch values are (row, col, channel) triples
         grey = (0.5 - np.tile(self.config.mean, per_value)) / np.tile(self.config.std, per_value)
         panels = [values, np.where(vis, values, grey), pred, np.where(vis, values, pred)]
-        gap = np.full((self.config.img_size, 4, 3), 255, dtype=np.uint8)
-        images = [self.to_pixels(p.astype(np.float32)) for p in panels]
-        return np.concatenate([images[0], gap, images[1], gap, images[2], gap, images[3]], axis=1)
+        return panel_row([self.to_pixels(p.astype(np.float32)) for p in panels])
 

@@ -10,15 +10,15 @@ Token values of a pillar: its K points (x, y relative to the pillar centre, in v
 z / z_scale), zero-padded, then the count fraction n/K and occupancy (1; 0 for the empty query
 pillars). Query tokens (``unit = -1``) are never visible and always decoded, so the decoder
 learns which masked positions hold points (Voxel-MAE's occupancy). The loss (weights in the
-config): Chamfer-L2 between predicted and true points of masked occupied pillars + MSE of the
-count fraction + occupancy BCE over masked and query pillars.
+config): Chamfer-L2 between predicted and true points of masked occupied pillars
+(:mod:`polymae.models.losses.chamfer`) + MSE of the count fraction + occupancy BCE over masked
+and query pillars.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.modalities.colour import viridis
+from polymae.models.losses.chamfer import chamfer_l2
+from polymae.ops import panel_row, read_open3d, viridis
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -75,12 +76,7 @@ def _read_las(data: bytes) -> np.ndarray:
 
 
 def _read_open3d(data: bytes, ext: str) -> np.ndarray:
-    with tempfile.NamedTemporaryFile(suffix=ext) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-            cloud = o3d.io.read_point_cloud(tmp.name, format="auto")
-    points = np.asarray(cloud.points)
+    points = np.asarray(read_open3d(data, ext).points)  # no path: open3d reads a temporary copy of the bytes
     if len(points) == 0:
         raise BadInputError(f"no points could be read (empty or not a valid {ext} file)")
     return np.concatenate([points, np.zeros((len(points), 1))], axis=1)
@@ -273,18 +269,12 @@ class LidarPlugin(ModalityPlugin):
         cfg, k = self.config, self.config.max_points_per_voxel
         pred, values = pred.float(), values.float()
         occupied = mask & (values[..., -1] > 0.5)
-        counts = (values[..., 3 * k] * k).round().long()
-        chamfer = pred.new_zeros(())
+        chamfer = count = pred.new_zeros(())
         if bool(occupied.any()):
-            guess = pred[occupied][:, : 3 * k].reshape(-1, k, 3)
-            true = values[occupied][:, : 3 * k].reshape(-1, k, 3)
-            real = torch.arange(k, device=pred.device)[None] < counts[occupied][:, None]  # (M, K)
-            d2 = torch.cdist(guess, true) ** 2  # (M, K pred, K true)
-            to_true = d2.masked_fill(~real[:, None, :], float("inf")).min(dim=2).values.mean()
-            to_pred = d2.min(dim=1).values[real].mean()
-            chamfer = to_true + to_pred
-        count = F.mse_loss(pred[..., 3 * k][occupied], values[..., 3 * k][occupied]) if bool(occupied.any()) \
-            else pred.new_zeros(())
+            # all K predicted points against the pillar's n real ones (the slots past n are padding)
+            real = torch.arange(k, device=pred.device) < (values[..., 3 * k] * k).round().long()[..., None]
+            chamfer = chamfer_l2(pred[..., : 3 * k], values[..., : 3 * k], occupied, target_valid=real)
+            count = F.mse_loss(pred[..., 3 * k][occupied], values[..., 3 * k][occupied])
         occupancy = F.binary_cross_entropy_with_logits(pred[..., -1][mask], values[..., -1][mask]) \
             if bool(mask.any()) else pred.new_zeros(())
         return cfg.chamfer_weight * chamfer + cfg.count_weight * count + cfg.occupancy_weight * occupancy
@@ -309,8 +299,7 @@ class LidarPlugin(ModalityPlugin):
         visible = points(stream.values, np.flatnonzero(seen), true_counts[seen])
         shown = hidden & (pred[:, -1] > 0)
         recon = np.concatenate([visible, points(pred, np.flatnonzero(shown), guess_counts[shown])])
-        gap = np.full((BEV, 4, 3), 255, np.uint8)
-        return np.concatenate([self._bev(original), gap, self._bev(visible), gap, self._bev(recon)], axis=1)
+        return panel_row([self._bev(original), self._bev(visible), self._bev(recon)])
 
     def _bev(self, pts: np.ndarray) -> np.ndarray:
         """(P, 3) metric points → (BEV, BEV, 3) image of ±range, x right, y up, coloured by z."""

@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from typing import Literal
 
 import numpy as np
@@ -44,8 +43,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.modalities.colour import viridis
 from polymae.models.losses.chamfer import chamfer_l2
+from polymae.ops import panel_column, panel_row, read_open3d, viridis
 from polymae.tokenizer.stream import TokenStream
 
 CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
@@ -237,20 +236,12 @@ class PointsPlugin(ModalityPlugin):
         """(P, 3) float64 points of a file of the given format, unchecked."""
         if ext == ".npy":
             return self._read_npy(data)
-        with tempfile.NamedTemporaryFile(suffix=ext) as tmp:
-            source = path
-            if not (os.path.splitext(path)[1].lower() == ext and os.path.isfile(path)
-                    and os.path.getsize(path) == len(data)):
-                tmp.write(data)
-                tmp.flush()
-                source = tmp.name
-            try:
-                with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-                    mesh = o3d.io.read_triangle_mesh(source) if ext in MESH_EXTENSIONS + (".ply",) else None
-                    if mesh is None or len(mesh.triangles) == 0 and ext == ".ply":  # a PLY without faces
-                        return np.asarray(o3d.io.read_point_cloud(source, format="auto").points)
-            except (RuntimeError, ValueError, OSError) as err:
-                raise BadInputError(f"corrupt {ext} file: {err}") from err
+        try:
+            mesh = read_open3d(data, ext, path, mesh=True) if ext in MESH_EXTENSIONS + (".ply",) else None
+            if mesh is None or len(mesh.triangles) == 0 and ext == ".ply":  # a cloud, or a PLY without faces
+                return np.asarray(read_open3d(data, ext, path).points)
+        except (RuntimeError, ValueError, OSError) as err:
+            raise BadInputError(f"corrupt {ext} file: {err}") from err
         vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
         if len(vertices) == 0 and ext in (".obj", ".off"):
             vertices = _text_vertices(data, ext)
@@ -332,10 +323,8 @@ class PointsPlugin(ModalityPlugin):
                 frame.draw([(true[hid], (215, 215, 215)), (true[vis], None)]),
                 frame.draw([(np.concatenate([true[vis], guess[hid]]), None)]),
             ]
-            gap = np.full((PANEL, 4, 3), 255, dtype=np.uint8)
-            row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-            rows.append(np.pad(row, ((0, 4), (0, 0), (0, 0)), constant_values=255))
-        return np.concatenate(rows, axis=0)[:-4]
+            rows.append(panel_row(panels))
+        return panel_column(rows)
 
 
 class Projection:

@@ -30,8 +30,8 @@ from PIL import Image
 from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.modalities.image import IMAGENET_MEAN, IMAGENET_STD, centre_box
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.ops import GAP, IMAGENET_MEAN, IMAGENET_STD, centre_box, panel_column, panel_row, tubeletify, untubeletify
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -52,20 +52,6 @@ class VideoConfig(PluginConfig):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     norm_pix_loss: bool = True
-
-
-def tubeletify(clip: np.ndarray, tubelet: int, p: int) -> np.ndarray:
-    """(T, H, W, 3) → (T/t · H/p · W/p, t·p·p·3): tokens in (t, y, x) order, values in
-    (frame, row, col, channel) order."""
-    t, h, w = clip.shape[0] // tubelet, clip.shape[1] // p, clip.shape[2] // p
-    x = clip.reshape(t, tubelet, h, p, w, p, 3).transpose(0, 2, 4, 1, 3, 5, 6)
-    return x.reshape(t * h * w, tubelet * p * p * 3)
-
-
-def untubeletify(tokens: np.ndarray, tubelet: int, p: int, t: int, h: int, w: int) -> np.ndarray:
-    """Inverse of :func:`tubeletify`: (t·h·w, tubelet·p·p·3) → (t·tubelet, h·p, w·p, 3)."""
-    x = tokens.reshape(t, h, w, tubelet, p, p, 3).transpose(0, 3, 1, 4, 2, 5, 6)
-    return x.reshape(t * tubelet, h * p, w * p, 3)
 
 
 def check_iso_bmff(data: bytes) -> None:
@@ -253,16 +239,10 @@ class VideoPlugin(ModalityPlugin):
         """Frame strip: rows original / masked / reconstruction, 4 frames spread over the clip."""
         panels = self._panels(stream, pred)
         picks = np.linspace(0, self.config.num_frames - 1, 4).round().astype(int)
-        gap = 4
-        rows = []
-        for frames in panels:
-            row = [np.pad(frames[i], ((0, gap), (0, gap), (0, 0)), constant_values=255) for i in picks]
-            rows.append(np.concatenate(row, axis=1))
-        return np.concatenate(rows, axis=0)
+        strip = panel_column([panel_row([frames[i] for i in picks]) for frames in panels])
+        return np.pad(strip, ((0, GAP), (0, GAP), (0, 0)), constant_values=255)  # the strip's white right/bottom margin
 
     def render_frames(self, stream: TokenStream, pred: np.ndarray) -> list[np.ndarray]:
         """Animation frames: original | masked | reconstruction side by side, every frame."""
         panels = self._panels(stream, pred)
-        gap = np.full((self.config.img_size, 4, 3), 255, dtype=np.uint8)
-        return [np.concatenate([panels[0][i], gap, panels[1][i], gap, panels[2][i]], axis=1)
-                for i in range(self.config.num_frames)]
+        return [panel_row([frames[i] for frames in panels]) for i in range(self.config.num_frames)]

@@ -1,0 +1,22 @@
+"""Ops shared by the modality plugins: patches, crops, renders, open3d reads."""
+
+from polymae.ops.crops import IMAGENET_MEAN, IMAGENET_STD, centre_box, random_resized_crop_box
+from polymae.ops.open3d_io import read_open3d
+from polymae.ops.patches import patchify, tubeletify, unpatchify, untubeletify
+from polymae.ops.render import GAP, panel_column, panel_row, viridis
+
+__all__ = [
+    "GAP",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "centre_box",
+    "panel_column",
+    "panel_row",
+    "patchify",
+    "random_resized_crop_box",
+    "read_open3d",
+    "tubeletify",
+    "unpatchify",
+    "untubeletify",
+    "viridis",
+]
