@@ -40,7 +40,7 @@ def chamfer_l2(
     """pred, target (B, N, D) with D = K·dims; mask (B, N) bool → scalar Chamfer-L2 over the masked
     tokens (0 when no token is masked). ``target_valid`` (B, N, K) bool, optional: the real points
     of each true set (the rest is padding). Float32 whatever the input dtype; differentiable in ``pred``."""
-    b, n, d = pred.shape
+    d = pred.shape[-1]
     if d % dims:
         raise ValueError(f"token width {d} is not a multiple of {dims} coordinates")
     selected = mask.bool()
