@@ -22,7 +22,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not integration"
