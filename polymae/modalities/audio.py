@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import panel_row, patchify, unpatchify, viridis
+from polymae.ops.crops import FrameView
 from polymae.tokenizer.stream import TokenStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -258,7 +259,8 @@ class AudioPlugin(ModalityPlugin):
         return TokenStream(values=patchify(window[..., None], p), coords=np.stack([t, f], axis=1),
                            unit=np.arange(h * w), valid=t * p < min(len(spec), len(window)))
 
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         """The first window (no augmentation: AudioMAE pre-trains without any, so rng is unused)."""
         return self.window_stream(self.features(array)[: self.config.target_length])
 

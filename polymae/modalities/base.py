@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polymae.ops.crops import FrameView
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -71,9 +72,23 @@ class ModalityPlugin(ABC):
         """Raw file bytes → canonical array. Raises BadInputError with a reason."""
 
     @abstractmethod
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         """Canonical array → token stream (``visible`` unset). ``rng=None``: the deterministic
-        evaluation view (no augmentation)."""
+        evaluation view (no augmentation). ``view``: the sample's crop and flip, drawn once for
+        every stream of one spatial frame (see :meth:`frame_view`); None: the plugin draws its own."""
+
+    def frame_view(self, array: np.ndarray, rng: np.random.Generator | None) -> FrameView | None:
+        """The crop and flip of this sample in fractions of its frame, for plugins whose
+        streams can share a spatial frame (``sources[].frame``): the pipeline draws it with the
+        frame's first stream and hands it to every stream of the frame. None (default): the
+        plugin has no spatial frame."""
+        return None
+
+    @classmethod
+    def has_frame(cls) -> bool:
+        """Whether this plugin's streams can share a spatial frame (it overrides ``frame_view``)."""
+        return cls.frame_view is not ModalityPlugin.frame_view
 
     def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
         """One file → the samples it yields, in a fixed order: several clips of one decoded video,

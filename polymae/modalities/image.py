@@ -20,10 +20,10 @@ from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    centre_box,
+    FrameView,
+    draw_frame_view,
     panel_row,
     patchify,
-    random_resized_crop_box,
     unpatchify,
 )
 from polymae.tokenizer.stream import TokenStream
@@ -93,24 +93,28 @@ class ImagePlugin(ModalityPlugin):
             raise BadInputError(f"mis-shaped: image of size {arr.shape[1]}x{arr.shape[0]}")
         return arr
 
-    def view(self, array: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """The (S, S, 3) uint8 crop the tokens come from: random-resized crop + flip in
-        training (rng given), a centre crop otherwise."""
+    def frame_view(self, array: np.ndarray, rng: np.random.Generator | None) -> FrameView:
+        """Random-resized crop + flip in training (rng given), the centre square otherwise."""
         cfg = self.config
         height, width = array.shape[:2]
-        if rng is not None and cfg.random_crop:
-            top, left, h, w = random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, rng)
-        else:
-            top, left, h, w = centre_box(height, width)
+        train = rng is not None and cfg.random_crop
+        view = draw_frame_view(height, width, cfg.crop_scale, cfg.crop_ratio, False, rng if train else None)
+        flip = rng is not None and cfg.hflip and rng.random() < 0.5  # drawn after the box, as torchvision
+        return FrameView(view.top, view.left, view.height, view.width, bool(flip))
+
+    def view(self, array: np.ndarray, rng: np.random.Generator | None, view: FrameView | None = None) -> np.ndarray:
+        """The (S, S, 3) uint8 crop the tokens come from (``view``, or one drawn by :meth:`frame_view`)."""
+        cfg = self.config
+        view = view or self.frame_view(array, rng)
+        top, left, h, w = view.box(*array.shape[:2])
         crop = Image.fromarray(array[top : top + h, left : left + w])
         out = np.asarray(crop.resize((cfg.img_size, cfg.img_size), Image.BICUBIC))
-        if rng is not None and cfg.hflip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        return out
+        return out[:, ::-1] if view.hflip else out
 
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         cfg = self.config
-        pixels = (self.view(array, rng).astype(np.float32) / 255.0 - cfg.mean) / cfg.std
+        pixels = (self.view(array, rng, view).astype(np.float32) / 255.0 - cfg.mean) / cfg.std
         g = self.grid
         rows, cols = np.divmod(np.arange(g * g), g)
         return TokenStream(

@@ -30,6 +30,7 @@ from pydantic import Field
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.ops import panel_row, read_open3d, viridis
+from polymae.ops.crops import FrameView
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -208,7 +209,8 @@ class LidarPlugin(ModalityPlugin):
         voxelize(scan, self.config)  # raises when nothing is in range
         return scan
 
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         cfg = self.config
         if rng is not None and cfg.rotate:  # Voxel-MAE's global rotation, about the sensor
             origin = np.zeros(3) if cfg.sensor_origin is None else np.asarray(cfg.sensor_origin)

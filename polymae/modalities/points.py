@@ -45,6 +45,7 @@ from torch import nn
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.ops import panel_column, panel_row, read_open3d, viridis
+from polymae.ops.crops import FrameView
 from polymae.tokenizer.stream import TokenStream
 
 CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
@@ -280,7 +281,8 @@ class PointsPlugin(ModalityPlugin):
             pts = pts * rng.uniform(*cfg.scale_range, size=3) + rng.uniform(-cfg.translate, cfg.translate, size=3)
         return pts
 
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         cfg = self.config
         pts = self.view(array, rng)
         centres = farthest_points(pts, cfg.num_group)

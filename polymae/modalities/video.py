@@ -32,6 +32,7 @@ from pydantic import Field
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import GAP, IMAGENET_MEAN, IMAGENET_STD, centre_box, panel_column, panel_row, tubeletify, untubeletify
+from polymae.ops.crops import FrameView
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -198,7 +199,8 @@ class VideoPlugin(ModalityPlugin):
         return np.stack([np.asarray(Image.fromarray(frame[top : top + h, left : left + w])
                                     .resize((size, size), Image.BILINEAR)) for frame in clip])
 
-    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None) -> TokenStream:
+    def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
+                 view: FrameView | None = None) -> TokenStream:
         cfg = self.config
         pixels = (self.view(array, rng).astype(np.float32) / 255.0 - cfg.mean) / cfg.std
         t, g = self.grid

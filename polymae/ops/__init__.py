@@ -1,15 +1,24 @@
 """Ops shared by the modality plugins: patches, crops, renders, open3d reads."""
 
-from polymae.ops.crops import IMAGENET_MEAN, IMAGENET_STD, centre_box, random_resized_crop_box
+from polymae.ops.crops import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FrameView,
+    centre_box,
+    draw_frame_view,
+    random_resized_crop_box,
+)
 from polymae.ops.open3d_io import read_open3d
 from polymae.ops.patches import patchify, tubeletify, unpatchify, untubeletify
 from polymae.ops.render import GAP, panel_column, panel_row, viridis
 
 __all__ = [
     "GAP",
+    "FrameView",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "centre_box",
+    "draw_frame_view",
     "panel_column",
     "panel_row",
     "patchify",

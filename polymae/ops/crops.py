@@ -1,9 +1,11 @@
-"""Crop boxes and ImageNet pixel statistics, shared by the image and video plugins.
+"""Crop boxes, frame views and ImageNet pixel statistics, shared by the picture plugins.
 
 A box is ``(top, left, height, width)`` in pixels of an (H, W, ...) array.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,3 +37,40 @@ def random_resized_crop_box(
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     return centre_box(height, width)
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """One sample's crop and flip in fractions of its frame (``top``, ``left``, ``height``,
+    ``width`` in [0, 1]), so one draw applies to every co-registered stream whatever its
+    resolution (an RGB image and its depth map, rasters of one scene at 10 m and 20 m)."""
+
+    top: float
+    left: float
+    height: float
+    width: float
+    hflip: bool = False
+
+    @classmethod
+    def of_box(cls, box: Box, height: int, width: int, hflip: bool = False) -> FrameView:
+        top, left, h, w = box
+        return cls(top / height, left / width, h / height, w / width, hflip)
+
+    def box(self, height: int, width: int) -> Box:
+        """The crop in pixels of a height × width picture of the frame (at least 1 × 1)."""
+        top, left = round(self.top * height), round(self.left * width)
+        h = max(1, min(height - top, round(self.height * height)))
+        w = max(1, min(width - left, round(self.width * width)))
+        return top, left, h, w
+
+
+def draw_frame_view(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
+    rng: np.random.Generator | None,
+) -> FrameView:
+    """MAE's training view of a height × width picture — random-resized crop, then a flip with
+    probability ½ when ``hflip`` — or, with ``rng=None``, the evaluation view (centre square)."""
+    if rng is None:
+        return FrameView.of_box(centre_box(height, width), height, width)
+    box = random_resized_crop_box(height, width, scale, ratio, rng)
+    return FrameView.of_box(box, height, width, bool(hflip and rng.random() < 0.5))
