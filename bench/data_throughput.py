@@ -25,11 +25,11 @@ import torch
 from polymae.pipelines.data import (
     epoch_manifest,
     manifest_batch,
-    scan,
     stream_kwargs,
     token_dataset,
     tokenize_batch,
 )
+from polymae.pipelines.scan import scan
 from polymae.pipelines.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def ray_rate(spec, files, count: int, workers: int) -> float:
 def bench(modality: str, samples: int) -> None:
     spec = load_spec(SPECS[modality])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    files = scan(spec).good  # sample counts per file; dataset statistics into the spec
+    files = scan(spec).samples  # sample counts per file; dataset statistics into the spec
     ray.shutdown()
     rows = epoch_manifest(files, spec.seed, 0, samples)
     kwargs = stream_kwargs(spec)

@@ -45,7 +45,7 @@ CHAIN = [("scan", "scan", []), ("train", "train", ["scan"])]
     "stages, field, expected",
     [
         (_stages(("scan", "scan", []), ("train", "trian", ["scan"])),
-         "stages.1.kind = 'trian'", "allowed: scan, train, evaluate, register, embed"),
+         "stages.1.kind = 'trian'", "allowed: scan, pair, train, evaluate, register, embed"),
         (_stages(*CHAIN, ("evaluate", "evaluate", ["trainn"])),
          "stages.2.needs.0 = 'trainn'", "allowed: scan, train"),
         (_stages(*CHAIN, ("evaluate", "evaluate", ["evaluate"])),

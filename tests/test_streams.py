@@ -9,7 +9,7 @@ import torch
 
 from polymae.orchestration.checkpoint import build_model
 from polymae.pipelines.data import epoch_manifest, fixed_batch, manifest_batch, stream_kwargs, tokenize_batch
-from polymae.pipelines.files import SampleFile, discover
+from polymae.pipelines.files import Sample, discover
 from polymae.pipelines.spec import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +30,9 @@ def _two_cameras(**over) -> dict:
     return data
 
 
-def _files(spec) -> list[SampleFile]:
-    """What the scan would hand on: every photo once per stream, ids unique across streams."""
-    out = []
-    for source in spec.sources:
-        for f in discover(source, (".jpg",)):
-            out.append(SampleFile(f"{source.name}:{f.sample_id}", f.path, 1, "", source.name))
-    return out
+def _files(spec) -> list[Sample]:
+    """What the scan would hand on, unpaired: every photo once per stream, ids unique across streams."""
+    return [Sample.of(f) for source in spec.sources for f in discover(source, (".jpg",), qualify=True)]
 
 
 def test_stream_name_defaults_to_the_modality_and_keys_the_masks():
@@ -146,20 +142,20 @@ def test_a_fully_hidden_stream_is_scored_on_every_token_and_a_batch_may_bring_on
     assert model.embed_batch(wide).shape == (8, 192)
 
 
-def test_held_out_split_is_seeded_per_stream_and_never_empties_training():
-    from polymae.pipelines.split import split_files
+def test_held_out_split_is_seeded_per_stream_set_and_never_empties_training():
+    from polymae.pipelines.split import split_samples
 
-    files = [SampleFile(f"{s}:{i:02d}.jpg", f"/d/{s}/{i:02d}.jpg", 1, "", s) for s in ("a", "b") for i in range(10)]
-    train, held = split_files(files, 0.2, [], seed=7)
-    assert sorted((f.stream, len([g for g in held if g.stream == f.stream])) for f in held) == [("a", 2)] * 2 + [
-        ("b", 2)] * 2
-    assert not {f.path for f in train} & {f.path for f in held} and len(train) + len(held) == 20
-    again, _ = split_files(list(reversed(files)), 0.2, [], seed=7)  # the order files come in does not matter
-    assert {f.path for f in again} == {f.path for f in train}
-    assert {f.path for f in split_files(files, 0.2, [], seed=8)[1]} != {f.path for f in held}  # the seed does
-    _, named = split_files(files, 0.0, ["/d/a/0[01].jpg"], seed=7)
-    assert [f.path for f in named] == ["/d/a/00.jpg", "/d/a/01.jpg"]
-    with pytest.raises(ValueError, match="every file of stream 'b' is held out"):
-        split_files(files, 0.0, ["/d/b/*"], seed=7)
-    one = [SampleFile("x", "/x", 1, "", "a")]
-    assert split_files(one, 0.5, [], seed=0) == (one, [])  # one file: it trains
+    samples = [Sample(f"{s}:{i:02d}.jpg", {s: f"/d/{s}/{i:02d}.jpg"}) for s in ("a", "b") for i in range(10)]
+    samples += [Sample(f"{i:02d}", {"a": f"/d/a/p{i:02d}.jpg", "b": f"/d/b/p{i:02d}.jpg"}) for i in range(5)]
+    train, held = split_samples(samples, 0.2, [], seed=7)
+    assert sorted(s.streams for s in held) == [("a",)] * 2 + [("a", "b")] + [("b",)] * 2  # 20 % of each set
+    assert not {s.sample_id for s in train} & {s.sample_id for s in held} and len(train) + len(held) == 25
+    again, _ = split_samples(list(reversed(samples)), 0.2, [], seed=7)  # the order samples come in does not matter
+    assert {s.sample_id for s in again} == {s.sample_id for s in train}
+    assert {s.sample_id for s in split_samples(samples, 0.2, [], seed=8)[1]} != {s.sample_id for s in held}
+    _, named = split_samples(samples, 0.0, ["/d/a/0[01].jpg", "/d/b/p03.jpg"], seed=7)
+    assert [s.sample_id for s in named] == ["a:00.jpg", "a:01.jpg", "03"]  # a pair goes with either file
+    with pytest.raises(ValueError, match="every sample of stream 'b' is held out"):
+        split_samples(samples, 0.0, ["/d/b/*"], seed=7)
+    one = [Sample("x", {"a": "/x"})]
+    assert split_samples(one, 0.5, [], seed=0) == (one, [])  # one sample: it trains

@@ -17,8 +17,9 @@ import torch
 from polymae.modalities.base import BadInputError
 from polymae.modalities.registry import make_plugin
 from polymae.orchestration.checkpoint import load_model
-from polymae.pipelines.data import read_bytes, tokenize_views, write_quarantine
+from polymae.pipelines.data import tokenize_views
 from polymae.pipelines.files import discover, view_id
+from polymae.pipelines.scan import write_quarantine
 from polymae.pipelines.spec import SourceSpec
 from polymae.tokenizer.masking import MaskPolicy, MaskSpec
 from polymae.tokenizer.stream import streams_to_columns
@@ -40,8 +41,7 @@ class Embedder:
         ids, paths, streams, reasons = [], [], [], []
         for sid, path in zip(batch["sample_id"], batch["path"], strict=True):
             try:
-                data = read_bytes(str(path), self.plugin)
-                samples = tokenize_views(self.plugin, self.policy, data, str(path), str(sid), epoch=0, seed=0,
+                samples = tokenize_views(self.plugin, self.policy, str(path), str(sid), epoch=0, seed=0,
                                          first=0, count=1 << 30, train=False,  # every view, evaluation crops
                                          stream=self.stream)
             except BadInputError as err:

@@ -20,7 +20,7 @@ from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
 from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
 from polymae.pipelines.dag import fingerprints, topological_order
-from polymae.pipelines.data import ScanResult
+from polymae.pipelines.scan import ScanResult
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 
 

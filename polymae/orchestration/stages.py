@@ -5,6 +5,7 @@ Every kind can ``run`` (do the work, log it into the run, return where its outpu
 running; False when that output is gone, and then it runs).
 
     scan      decode every file once → good files + quarantine table + statistics
+    pair      join the streams' files into samples by a key → samples + skipped/unmatched files
     train     TorchTrainer workers → the final checkpoint
     evaluate  eval loss and reconstruction renders of the final model on a fixed batch
     register  the checkpoint as a pyfunc model version in the MLflow registry
@@ -30,18 +31,12 @@ from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
 from polymae.orchestration.train import train_loop_per_worker
 from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
-from polymae.pipelines.data import (
-    SampleFile,
-    ScanResult,
-    fixed_batch,
-    samples_per_epoch,
-    scan,
-    token_dataset,
-    write_quarantine,
-    write_token_shards,
-)
+from polymae.pipelines.data import fixed_batch, token_dataset, write_token_shards
+from polymae.pipelines.files import Sample, SampleFile
+from polymae.pipelines.pairing import PairingSpec, pair
+from polymae.pipelines.scan import ScanResult, samples_per_epoch, scan, write_quarantine
 from polymae.pipelines.spec import PipelineSpec, StageSpec, spec_to_yaml
-from polymae.pipelines.split import split_files
+from polymae.pipelines.split import split_samples
 
 
 @dataclass
@@ -66,18 +61,23 @@ class RunContext:
         return upstream_of_kind(stage, kind, {s.name: s for s in self.spec.stages})
 
     def scan_of(self, stage: StageSpec) -> ScanResult:
-        """Every scan upstream of ``stage`` together (one per stream, or one for all)."""
+        """The data upstream of ``stage``: the nearest pair stage's result, else every scan
+        upstream together (one per stream, or one for all)."""
         by_name = {s.name: s for s in self.spec.stages}
-        scans = [self.scans[n] for n in ancestors(stage, by_name) if by_name[n].kind == "scan"]
+        upstream = ancestors(stage, by_name)
+        paired = [n for n in upstream if by_name[n].kind == "pair"]
+        if paired:
+            return self.scans[paired[0]]
+        scans = [self.scans[n] for n in upstream if by_name[n].kind == "scan"]
         return scans[0] if len(scans) == 1 else ScanResult.merge(scans)
 
-    def split_of(self, stage: StageSpec) -> tuple[list[SampleFile], list[SampleFile]]:
-        """(training files, held-out files) of the scans upstream of ``stage`` (spec.split)."""
+    def split_of(self, stage: StageSpec) -> tuple[list[Sample], list[Sample]]:
+        """(training samples, held-out samples) of the data upstream of ``stage`` (spec.split)."""
         split = self.spec.split
-        return split_files(self.scan_of(stage).good, split.holdout, split.files, self.spec.seed)
+        return split_samples(self.scan_of(stage).samples, split.holdout, split.files, self.spec.seed)
 
-    def eval_files(self, stage: StageSpec) -> list[SampleFile]:
-        """What evaluation scores: the held-out files, or (no split) the training files."""
+    def eval_files(self, stage: StageSpec) -> list[Sample]:
+        """What evaluation scores: the held-out samples, or (no split) the training samples."""
         train, heldout = self.split_of(stage)
         return heldout or train
 
@@ -135,33 +135,73 @@ class ScanStage(Stage):
         return True
 
     def _finish(self, ctx: RunContext, stage: StageSpec, scanned: ScanResult) -> None:
-        """Log counts, the quarantine table and the resolved spec into this run."""
         ctx.scans[stage.name] = scanned
-        client, out = ctx.client, ctx.out_dir
-        counts = scanned.counts
-        (out / "spec.yaml").write_text(spec_to_yaml(ctx.spec))  # with the resolved statistics
-        client.log_text(ctx.run_id, spec_to_yaml(ctx.spec), "spec.yaml")
-        write_quarantine(scanned.quarantine, str(out / "quarantine.parquet"))
-        client.log_artifact(ctx.run_id, str(out / "quarantine.parquet"))
-        for key, value in counts.items():
-            client.log_metric(ctx.run_id, f"data/{key}", value)
-        for name, per_stream in scanned.counts_by_stream.items():  # the same schema for one stream or many
-            for key, value in per_stream.items():
-                client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
-        client.set_tag(ctx.run_id, "polymae.dataset_fingerprint", scanned.dataset_fingerprint)
-        print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
-              f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}); "
-              f"{counts['samples']} samples per epoch")
-        if len(scanned.streams) > 1:
-            for name, c in scanned.counts_by_stream.items():
-                print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized "
-                      f"+ {c['quarantined']} quarantined; {c['samples']} samples per epoch")
-        for row in scanned.quarantine:
-            print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
-        if not scanned.good:
-            raise RuntimeError("no usable input files: see the quarantine table")
-        if ctx.spec.outputs.token_shards:
-            write_token_shards(ctx.spec, scanned.good, str(out / "tokens"))
+        (ctx.out_dir / "spec.yaml").write_text(spec_to_yaml(ctx.spec))  # with the resolved statistics
+        ctx.client.log_text(ctx.run_id, spec_to_yaml(ctx.spec), "spec.yaml")
+        ctx.client.set_tag(ctx.run_id, "polymae.dataset_fingerprint", scanned.dataset_fingerprint)
+        log_counts(ctx, scanned)
+
+
+def log_counts(ctx: RunContext, data: ScanResult) -> None:
+    """The run's counts (one schema, in total and per stream), quarantine and skip tables, into
+    the run and the console. A later data stage (pair) logs them again: the last one holds."""
+    client, out = ctx.client, ctx.out_dir
+    counts = data.counts
+    for name, rows in (("quarantine", data.quarantine), ("skipped", data.skipped)):
+        write_quarantine(rows, str(out / f"{name}.parquet"))
+        client.log_artifact(ctx.run_id, str(out / f"{name}.parquet"))
+    for key, value in counts.items():
+        client.log_metric(ctx.run_id, f"data/{key}", value)
+    for name, per_stream in data.counts_by_stream.items():  # the same schema for one stream or many
+        for key, value in per_stream.items():
+            client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
+    print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
+          f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}) + {counts['skipped']} skipped; "
+          f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch")
+    if len(data.streams) > 1:
+        for name, c in data.counts_by_stream.items():
+            print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
+                  f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples")
+    for row in data.quarantine:
+        print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
+    for row in data.skipped:
+        print(f"[polymae]   skipped {row['path']}: {row['reason']}")
+    if not data.good:
+        raise RuntimeError("no usable input files: see the quarantine table")
+    last = data.paired is not None or "pair" not in {s.kind for s in ctx.spec.stages}  # the data stage before training
+    if ctx.spec.outputs.token_shards and last:
+        write_token_shards(ctx.spec, data.samples, str(out / "tokens"))
+
+
+@register_stage
+class PairStage(Stage):
+    """Output: a folder with ``pairs/`` (the Ray Data join, Parquet) and ``pairing.json`` (the
+    samples, skipped and unmatched files, the pairing's quarantine rows)."""
+
+    kind = "pair"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        spec = ctx.spec
+        folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
+                      spec.pairing or PairingSpec(), folder)
+        record = {"good": [vars(f) for f in paired.good], "quarantine": paired.quarantine, "skipped": paired.skipped,
+                  "unmatched": paired.unmatched, "samples": [vars(s) for s in paired.samples]}
+        (folder / "pairing.json").write_text(json.dumps(record))
+        ctx.scans[stage.name] = paired
+        log_counts(ctx, paired)
+        return str(folder)
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        path = Path(output) / "pairing.json"
+        if not path.is_file():
+            return False
+        r = json.loads(path.read_text())
+        ctx.scans[stage.name] = ScanResult([SampleFile(**f) for f in r["good"]], r["quarantine"], r["skipped"],
+                                           r["unmatched"], [Sample(**s) for s in r["samples"]])
+        log_counts(ctx, ctx.scans[stage.name])
+        return True
 
 
 @register_stage

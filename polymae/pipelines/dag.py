@@ -1,7 +1,8 @@
 """Pipeline stages as a DAG, and the fingerprints that decide whether a stage runs again.
 
 A spec's ``stages`` list names stages of registered kinds with ``needs:``; without one, the
-spec gets the default chain ``scan → train → evaluate → register``. Each stage's fingerprint
+spec gets the default chain ``scan → train → evaluate → register`` (``scan → pair → train → …``
+when the spec sets ``pairing``). Each stage's fingerprint
 is a hash of its kind, the spec fields it reads and its needs' fingerprints (a scan's inputs
 are the source (its absolute paths, its config) and the ids, sizes and modification times of
 the files its plugin reads), so it can be computed before
@@ -55,8 +56,17 @@ def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
             "mask": {m: s.model_dump(mode="json") for m, s in spec.mask_specs().items()}}
 
 
+def _pair_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
+    pairing = spec.pairing.model_dump(mode="json") if spec.pairing is not None else {}
+    manifest = pairing.get("manifest")
+    stat = os.stat(manifest) if manifest and os.path.exists(manifest) else None
+    return {"pairing": pairing, "streams": list(spec.streams),
+            "manifest": (stat.st_size, stat.st_mtime_ns) if stat else None}
+
+
 STAGE_KINDS: dict[str, StageKind] = {
     "scan": StageKind((), _scan_reads),
+    "pair": StageKind(("scan",), _pair_reads),
     "train": StageKind(("scan",), _train_reads),
     "evaluate": StageKind(("train",), lambda spec, stage: {}),
     "register": StageKind(("train",), lambda spec, stage: {
@@ -67,6 +77,13 @@ STAGE_KINDS: dict[str, StageKind] = {
 DEFAULT_STAGES = [
     {"name": "scan", "kind": "scan"},
     {"name": "train", "kind": "train", "needs": ["scan"]},
+    {"name": "evaluate", "kind": "evaluate", "needs": ["train"]},
+    {"name": "register", "kind": "register", "needs": ["evaluate"]},
+]
+PAIRED_STAGES = [  # the default of a spec with ``pairing``
+    {"name": "scan", "kind": "scan"},
+    {"name": "pair", "kind": "pair", "needs": ["scan"]},
+    {"name": "train", "kind": "train", "needs": ["pair"]},
     {"name": "evaluate", "kind": "evaluate", "needs": ["train"]},
     {"name": "register", "kind": "register", "needs": ["evaluate"]},
 ]

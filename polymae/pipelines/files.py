@@ -15,6 +15,26 @@ class SampleFile:
     num_samples: int = 1  # samples the file yields (known after the scan)
     sha256: str = ""  # of the file's bytes (known after the scan)
     stream: str = ""  # the source's stream name ("": the spec's only stream)
+    relpath: str = ""  # the id without the stream prefix: what pairing keys read
+
+
+@dataclass
+class Sample:
+    """One training sample: the file of each stream it has. Paired samples hold one file per
+    stream under one key; without pairing, each file is a sample of its own stream."""
+
+    sample_id: str
+    paths: dict[str, str]  # stream name → file
+    num_samples: int = 1  # views (clips, windows): the fewest of its files'; view k of each file pairs up
+
+    @classmethod
+    def of(cls, f: SampleFile) -> Sample:
+        """A file as a sample of its stream alone."""
+        return cls(f.sample_id, {f.stream: f.path}, f.num_samples)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(sorted(self.paths))
 
 
 def view_id(sample_id: str, view: int) -> str:
@@ -22,14 +42,15 @@ def view_id(sample_id: str, view: int) -> str:
     return f"{sample_id}#{view}"
 
 
-def discover(source: Any, extensions: tuple[str, ...]) -> list[SampleFile]:
+def discover(source: Any, extensions: tuple[str, ...], qualify: bool = False) -> list[SampleFile]:
     """Files named by a source: explicit files as given; folders searched recursively for the
     plugin's extensions; globs expanded. Sorted, without duplicates.
 
     A file's id is its path relative to the deepest folder holding every file of the source: a
     source of one folder gives ids relative to it (``cat/01.jpg``), two folders or explicit files
     in different folders give ids that keep them apart (``a/x.jpg``, ``b/x.jpg``), and a copy of
-    the dataset elsewhere gets the same ids."""
+    the dataset elsewhere gets the same ids. ``qualify`` (specs of several streams) prefixes ids
+    with the stream name, ``rgb:0001.png``: two streams' folders may both hold ``0001.png``."""
     paths: set[str] = set()
     for entry in source.paths:
         if os.path.isdir(entry):
@@ -42,5 +63,8 @@ def discover(source: Any, extensions: tuple[str, ...]) -> list[SampleFile]:
     dirs = {entry if os.path.isdir(entry) else os.path.dirname(entry) for entry in source.paths}
     root = os.path.commonpath([os.path.abspath(d) for d in dirs | {os.path.dirname(p) for p in paths}])
     stream = getattr(source, "name", "")
-    files = [SampleFile(os.path.relpath(os.path.abspath(p), root), p, stream=stream) for p in paths]
+    files = []
+    for p in paths:
+        rel = os.path.relpath(os.path.abspath(p), root)
+        files.append(SampleFile(f"{stream}:{rel}" if qualify else rel, p, stream=stream, relpath=rel))
     return sorted(files, key=lambda f: f.sample_id)

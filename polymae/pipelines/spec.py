@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from polymae.modalities.registry import available_modalities, get_plugin_class
 from polymae.models.presets import PRESETS, ModelConfig
-from polymae.pipelines.dag import DEFAULT_STAGES, check_stages
+from polymae.pipelines.dag import DEFAULT_STAGES, PAIRED_STAGES, check_stages
 from polymae.tokenizer.masking import MaskSpec
 
 
@@ -47,6 +47,8 @@ class SourceSpec(_Strict):
     paths: list[str] = Field(min_length=1, description="files, folders (searched recursively) or globs")
     config: dict[str, Any] = Field(default_factory=dict, description="plugin settings over its defaults")
     loss_weight: float = Field(1.0, ge=0, description="weight of this stream's loss in the total (MultiMAE: 1)")
+    frame: str | None = Field(None, description="streams with the same frame are co-registered (an RGB image "
+                              "and its depth map): one crop and flip per sample for all of them")
 
     @field_validator("modality")
     @classmethod
@@ -128,6 +130,32 @@ class SplitSpec(_Strict):
     files: list[str] = Field(default_factory=list, description="files or globs held out (relative to the spec)")
 
 
+TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {key}, {scene} … of a pairing template
+
+
+class PairingSpec(_Strict):
+    """How the streams' files are joined into samples (``pairing:`` in a spec)."""
+
+    key: Literal["stem", "template", "manifest"] = Field("stem", description="what joins files into a sample")
+    template: str | dict[str, str] | None = Field(None, description="key: template — one pattern or one per stream")
+    manifest: str | None = Field(None, description="key: manifest — a CSV or Parquet table: key, stream, path")
+    unmatched: Literal["single", "drop", "quarantine"] = Field(
+        "single", description="files without a partner: partial samples, skipped, or quarantined")
+
+    @model_validator(mode="after")
+    def _settings_of_the_key(self) -> PairingSpec:
+        if self.key == "template":
+            if not self.template:
+                raise ValueError("key 'template' needs `template`: a pattern with {key}, or one per stream")
+            patterns = [self.template] if isinstance(self.template, str) else list(self.template.values())
+            fields = {tuple(TEMPLATE_FIELD.findall(p)) for p in patterns}
+            if any("key" not in f for f in fields) or len(fields) > 1:
+                raise ValueError(f"template {self.template!r}: every pattern needs {{key}} and the same fields")
+        if self.key == "manifest" and not self.manifest:
+            raise ValueError("key 'manifest' needs `manifest`: a CSV or Parquet file with columns key, stream, path")
+        return self
+
+
 class OutputSpec(_Strict):
     dir: str = "runs"
     token_shards: bool = Field(False, description="also write the first epoch's tokens as Parquet")
@@ -141,7 +169,7 @@ class RuntimeSpec(_Strict):
 
 class StageSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: str = Field(description="a registered stage kind: scan, train, evaluate, register, embed")
+    kind: str = Field(description="a registered stage kind: scan, pair, train, evaluate, register, embed")
     needs: list[str] = Field(default_factory=list, description="stages that must finish first")
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
 
@@ -153,11 +181,20 @@ class PipelineSpec(_Strict):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    pairing: PairingSpec | None = Field(None, description="join the streams' files into samples (a pair "
+                                        "stage); None: every file is a sample of its own stream")
     split: SplitSpec = Field(default_factory=SplitSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(**s) for s in DEFAULT_STAGES])
+
+    @model_validator(mode="after")
+    def _pair_stage_by_default(self) -> PipelineSpec:
+        """A spec with ``pairing`` and no stage list gets scan → pair → train → evaluate → register."""
+        if self.pairing is not None and "stages" not in self.model_fields_set:
+            self.stages = [StageSpec(**s) for s in PAIRED_STAGES]
+        return self
 
     @model_validator(mode="after")
     def _unique_streams(self) -> PipelineSpec:
@@ -255,6 +292,8 @@ def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
     for i, source in enumerate(spec.sources):
         source.paths = _resolve(source.paths, f"sources.{i}.paths", base_dir, problems)
     spec.split.files = [p if os.path.isabs(p) else str((base_dir / p).resolve()) for p in spec.split.files]
+    if spec.pairing is not None and spec.pairing.manifest:
+        spec.pairing.manifest = _resolve([spec.pairing.manifest], "pairing.manifest", base_dir, problems)[0]
     for i, stage in enumerate(spec.stages):
         if stage.kind == "embed":
             stage.options["paths"] = _resolve(stage.options["paths"], f"stages.{i}.options.paths", base_dir, problems)
@@ -298,6 +337,7 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
         problems.append(f"tokenizer.mask: ratio 1.0 on every stream ({', '.join(spec.streams)}) leaves the "
                         "encoder nothing to see; allowed: 1.0 on some streams, < 1.0 on at least one")
     problems += check_stages(spec.stages, list(spec.streams))
+    problems += _pairing_problems(spec)
     unknown = sorted(set(spec.tokenizer.mask) - set(spec.streams))
     if unknown:
         problems.append(f"tokenizer.mask: {unknown} not among the sources' stream names; allowed: "
@@ -307,6 +347,28 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
     resolve_paths(spec, Path(base_dir))
     spec.tokenizer.mask = spec.mask_specs()  # the plugins' reference masks made explicit: saved with the run
     return spec
+
+
+def _pairing_problems(spec: PipelineSpec) -> list[str]:
+    """Frames only on plugins that have one; pairing settings that name known streams."""
+    problems = []
+    for i, source in enumerate(spec.sources):
+        if source.frame is not None and not get_plugin_class(source.modality).has_frame():
+            framed = [m for m in available_modalities() if get_plugin_class(m).has_frame()]
+            problems.append(f"sources.{i}.frame = {source.frame!r}: modality {source.modality} has no spatial "
+                            f"frame; allowed on: {', '.join(framed)}")
+    pairing = spec.pairing
+    if pairing is not None and isinstance(pairing.template, dict):
+        unknown = sorted(set(pairing.template) - set(spec.streams))
+        if unknown:
+            problems.append(f"pairing.template: {unknown} not among the stream names; "
+                            f"allowed: {', '.join(spec.streams)}")
+        missing = sorted(set(spec.streams) - set(pairing.template))
+        if missing and not unknown:
+            problems.append(f"pairing.template: no pattern for streams {missing}; give one per stream or one for all")
+    if "pair" in {s.kind for s in spec.stages} and len(spec.sources) < 2:
+        problems.append("stages: a pair stage joins several streams; this spec has one (remove it or add sources)")
+    return problems
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineSpec:

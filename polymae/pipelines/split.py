@@ -1,9 +1,10 @@
-"""The held-out split: files that training never reads and evaluation scores.
+"""The held-out split: samples that training never reads and evaluation scores.
 
-Chosen per stream from the scan's good files, by the spec: a seeded ``fraction`` (the files
-whose hash of (seed, sample id) is smallest, so the choice does not depend on the file order or
-on which machine lists the files) and/or explicit ``files`` (paths or globs). A stream with
-files keeps at least one for training.
+Chosen from the samples (paired or single files) by the spec: a seeded ``fraction`` of each set
+of streams (the samples whose hash of (seed, sample id) is smallest, so the choice does not
+depend on the order or on which machine lists the files) and/or explicit ``files`` (paths or
+globs: a sample is held out when any of its files matches). Every stream keeps at least one
+sample for training.
 """
 
 from __future__ import annotations
@@ -11,26 +12,27 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 
-from polymae.pipelines.files import SampleFile
+from polymae.pipelines.files import Sample
 
 
 def _rank(seed: int, sample_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest(), "little")
 
 
-def split_files(files: list[SampleFile], fraction: float, patterns: list[str], seed: int,
-                ) -> tuple[list[SampleFile], list[SampleFile]]:
-    """(training files, held-out files), each in the order of ``files``."""
-    held: set[str] = {f.path for f in files if any(fnmatch.fnmatch(f.path, p) for p in patterns)}
+def split_samples(samples: list[Sample], fraction: float, patterns: list[str], seed: int,
+                  ) -> tuple[list[Sample], list[Sample]]:
+    """(training samples, held-out samples), each in the order of ``samples``."""
+    held: set[str] = {s.sample_id for s in samples
+                      if any(fnmatch.fnmatch(p, pattern) for p in s.paths.values() for pattern in patterns)}
     if fraction > 0:
-        for stream in dict.fromkeys(f.stream for f in files):
-            mine = [f for f in files if f.stream == stream]
+        for streams in dict.fromkeys(s.streams for s in samples):
+            mine = [s for s in samples if s.streams == streams]
             count = min(len(mine) - 1, max(1, round(fraction * len(mine))))  # ≥ 1 held out, ≥ 1 trained
-            ranked = sorted(mine, key=lambda f: _rank(seed, f.sample_id))
-            held.update(f.path for f in ranked[:max(count, 0)])
-    train = [f for f in files if f.path not in held]
-    heldout = [f for f in files if f.path in held]
-    for stream in dict.fromkeys(f.stream for f in files):
-        if not any(f.stream == stream for f in train):
-            raise ValueError(f"split: every file of stream {stream!r} is held out; training needs at least one")
+            ranked = sorted(mine, key=lambda s: _rank(seed, s.sample_id))
+            held.update(s.sample_id for s in ranked[:max(count, 0)])
+    train = [s for s in samples if s.sample_id not in held]
+    heldout = [s for s in samples if s.sample_id in held]
+    for stream in dict.fromkeys(n for s in samples for n in s.streams):
+        if not any(stream in s.paths for s in train):
+            raise ValueError(f"split: every sample of stream {stream!r} is held out; training needs at least one")
     return train, heldout

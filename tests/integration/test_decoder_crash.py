@@ -30,7 +30,7 @@ class CrashyPlugin(ImagePlugin):
 
 SCRIPT = '''
 import json, ray
-from polymae.pipelines.data import scan
+from polymae.pipelines.scan import scan
 from polymae.pipelines.spec import parse_spec
 ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
 spec = parse_spec({"name": "crash", "sources": [{"modality": "crashy", "paths": [%r]}]})

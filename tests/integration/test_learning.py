@@ -10,16 +10,9 @@ import torch
 from polymae.orchestration.checkpoint import build_model
 from polymae.orchestration.evaluation import evaluate
 from polymae.orchestration.train import learning_rate, make_optimizer
-from polymae.pipelines.data import (
-    SampleFile,
-    discover,
-    epoch_manifest,
-    fixed_batch,
-    manifest_batch,
-    scan,
-    stream_kwargs,
-    tokenize_batch,
-)
+from polymae.pipelines.data import epoch_manifest, fixed_batch, manifest_batch, stream_kwargs, tokenize_batch
+from polymae.pipelines.files import Sample, SampleFile, discover
+from polymae.pipelines.scan import scan
 from polymae.pipelines.spec import parse_spec
 
 pytestmark = pytest.mark.integration
@@ -27,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_and_evaluate(spec, files: list[SampleFile], eval_size: int = 8) -> tuple[float, float]:
-    """→ (eval loss before, eval loss after ``spec.train.steps`` steps)."""
+    """→ (eval loss before, eval loss after ``spec.train.steps`` steps), each file a sample."""
+    files = [Sample.of(f) for f in files]
     torch.set_num_threads(2)
     model = build_model(spec)
     optimizer = make_optimizer(model, spec.train)
@@ -73,7 +67,7 @@ def test_tiny_video_mae_loss_falls_30_percent():
     config = {"img_size": 64, "decode_short_side": 73, "num_clips": 16}
     mask = {"strategy": "tube", "ratio": 0.9, "decoder_strategy": "running_cell"}
     spec = _spec("video", [ROOT / "examples/data/video"], config, mask, steps=500, lr=2e-3)
-    files = [SampleFile(f.sample_id, f.path, 16) for f in discover(spec.sources[0], (".mp4",))]
+    files = [SampleFile(f.sample_id, f.path, 16, stream=f.stream) for f in discover(spec.sources[0], (".mp4",))]
     before, after = train_and_evaluate(spec, files)
     assert after <= 0.7 * before
 

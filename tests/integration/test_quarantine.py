@@ -5,7 +5,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from polymae.pipelines.data import scan, write_quarantine
+from polymae.pipelines.scan import scan, write_quarantine
 from polymae.pipelines.spec import parse_spec
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ import pytest
 import ray
 
 from polymae.pipelines.data import (
-    discover,
     epoch_manifest,
     manifest_batch,
     stream_kwargs,
     token_dataset,
     tokenize_batch,
 )
+from polymae.pipelines.files import Sample, discover
 from polymae.pipelines.spec import parse_spec
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_masks_identical_whichever_worker_makes_them(ray_local):
     spec = parse_spec({"name": "s", "seed": 5, "sources": [
         {"modality": "image", "paths": [str(ROOT / "examples/data/images")], "config": {"img_size": 64}}]})
-    files = discover(spec.sources[0], (".jpg",))
+    files = [Sample.of(f) for f in discover(spec.sources[0], (".jpg",))]
     n = len(files)
     rows = ray.get(ray.remote(lambda: token_dataset(spec, files, 0, 2 * n).take_all()).remote())
     # the same manifest rows tokenized in this process, in one batch
