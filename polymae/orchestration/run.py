@@ -20,7 +20,6 @@ from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
 from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
 from polymae.pipelines.dag import fingerprints, topological_order
-from polymae.pipelines.scan import ScanResult
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 
 
@@ -92,7 +91,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     ctx.client.set_terminated(run_id)
     checkpoint = next(iter(ctx.checkpoints.values()), None)
     final_step = checkpoint_step(checkpoint) if checkpoint else 0
-    counts = ScanResult.merge(list(ctx.scans.values())).counts if ctx.scans else {}
+    counts = ctx.final_data().counts if ctx.scans else {}
     model = spec.tracking.registered_model or spec.name
     results = [f"step {final_step}"] if checkpoint else []  # only what the DAG's stages made
     results += [f"eval loss {ctx.eval_loss}"] if ctx.eval_loss is not None else []

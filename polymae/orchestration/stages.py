@@ -71,6 +71,12 @@ class RunContext:
         scans = [self.scans[n] for n in upstream if by_name[n].kind == "scan"]
         return scans[0] if len(scans) == 1 else ScanResult.merge(scans)
 
+    def final_data(self) -> ScanResult:
+        """The data of the whole run: the pair stages' results, else every scan's, together."""
+        kinds = {s.name: s.kind for s in self.spec.stages}
+        paired = [r for n, r in self.scans.items() if kinds[n] == "pair"]
+        return ScanResult.merge(paired or list(self.scans.values()))
+
     def split_of(self, stage: StageSpec) -> tuple[list[Sample], list[Sample]]:
         """(training samples, held-out samples) of the data upstream of ``stage`` (spec.split)."""
         split = self.spec.split

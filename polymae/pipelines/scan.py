@@ -120,8 +120,11 @@ class ScanResult:
     @classmethod
     def merge(cls, scans: list[ScanResult]) -> ScanResult:
         """Several scans (one per stream, say) as one."""
+        if len(scans) == 1:
+            return scans[0]
+        paired = None if all(s.paired is None for s in scans) else [x for s in scans for x in s.samples]
         return cls([f for s in scans for f in s.good], [r for s in scans for r in s.quarantine],
-                   [r for s in scans for r in s.skipped], [p for s in scans for p in s.unmatched])
+                   [r for s in scans for r in s.skipped], [p for s in scans for p in s.unmatched], paired)
 
     @property
     def samples(self) -> list[Sample]:
