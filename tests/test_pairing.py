@@ -109,3 +109,38 @@ def test_bad_pairing_specs_name_the_field():
         with pytest.raises(SpecError) as info:
             parse_spec(_paired_spec(**over))
         assert any(p.startswith(field) and message in p for p in info.value.problems), (over, info.value.problems)
+
+
+def test_a_video_and_its_own_audio_track_cover_the_same_seconds():
+    """opencv_cup.mp4 (26.8 fps, AAC track) as two streams on one clock: each audio view is the
+    fbank of its clip's seconds, so the evaluation clip starting at 0 s has the first fbank frames
+    of the track, and training clips drawn at random carry their own seconds."""
+    cup = ROOT / "examples/data/video/opencv_cup.mp4"
+    spec = parse_spec({"name": "av", "seed": 4, "pairing": {}, "sources": [
+        {"name": "video", "modality": "video", "paths": [str(cup)], "clock": "cup",
+         "config": {"img_size": 64, "decode_short_side": 73}},
+        {"name": "audio", "modality": "audio", "paths": [str(cup)], "clock": "cup",
+         "config": {"from_video": True, "target_length": 256}}]})
+    from polymae.modalities.registry import make_plugin
+
+    video = make_plugin("video", spec.source("video").config)
+    audio = make_plugin("audio", spec.source("audio").config)
+    data = cup.read_bytes()
+    clips, spans = video.tokenize_timed(data, str(cup), None)
+    assert len(clips) == len(spans) == 2 and spans[0].start == 0.0
+    assert spans[0].end == pytest.approx(64 / 26.777, rel=1e-3)  # 16 frames at stride 4
+    assert spans[1].end == pytest.approx(217 / 26.777, rel=1e-3)  # the last clip ends with the video
+    sample = Sample("opencv_cup", {"video": str(cup), "audio": str(cup)}, 2)
+    batch = tokenize_batch(manifest_batch(epoch_manifest([sample], spec.seed, 0, 2)), **stream_kwargs(spec, False))
+    alone = audio.tokenize_file(data, str(cup), None)[0]  # the track's first 256 fbank frames
+    rows = int(64 / 26.777 * 100) // 16  # whole 16-frame patch rows inside the first clip's seconds
+    per_row = audio.grid[1]
+    first = batch["audio.values"][0]
+    assert np.allclose(first[: rows * per_row], alone.values[: rows * per_row], atol=1e-5)
+    assert batch["audio.valid"][0].sum() == (rows + 1) * per_row  # then the padding of the window rule
+    train = tokenize_batch(manifest_batch(epoch_manifest([sample], spec.seed, 0, 2)), **stream_kwargs(spec))
+    assert not np.allclose(train["audio.values"][0], first)  # a random clip: other seconds of the track
+    with pytest.raises(SpecError, match="sources.0.clock = 'cup': modality audio cannot draw"):
+        parse_spec({"name": "av", "pairing": {}, "sources": [
+            {"modality": "audio", "paths": [str(cup)], "clock": "cup", "config": {"from_video": True}},
+            {"modality": "video", "paths": [str(cup)], "clock": "cup"}]})

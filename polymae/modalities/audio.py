@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import panel_row, patchify, unpatchify, viridis
-from polymae.ops.crops import FrameView
+from polymae.ops.crops import FrameView, TimeSpan
 from polymae.tokenizer.stream import TokenStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -268,6 +268,14 @@ class AudioPlugin(ModalityPlugin):
         """Every window of the file, in time order; decoded and transformed once."""
         feats = self.features(self.decode(data, path))
         return [self.window_stream(feats[s : s + self.config.target_length]) for s in self.window_starts(len(feats))]
+
+    def tokenize_spans(self, data: bytes, path: str, spans: list[TimeSpan]) -> list[TokenStream]:
+        """The fbank of each span's seconds (a video clip's), padded to ``target_length`` by the
+        window rule (padding invalid); a span longer than the window keeps its first frames."""
+        feats = self.features(self.decode(data, path))
+        per_second = 1000.0 / self.config.frame_shift
+        return [self.window_stream(feats[round(s.start * per_second) : round(s.end * per_second)]
+                                   [: self.config.target_length]) for s in spans]
 
     def scan_file(self, data: bytes, path: str) -> tuple[int, dict[str, float]]:
         """(windows, sums over all fbank values of the file before normalisation)."""

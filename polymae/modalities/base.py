@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polymae.ops.crops import FrameView
+from polymae.ops.crops import FrameView, TimeSpan
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -84,6 +84,24 @@ class ModalityPlugin(ABC):
         frame's first stream and hands it to every stream of the frame. None (default): the
         plugin has no spatial frame."""
         return None
+
+    def tokenize_timed(self, data: bytes, path: str, rng: np.random.Generator | None,
+                       ) -> tuple[list[TokenStream], list[TimeSpan]]:
+        """For a clock's first stream (``sources[].clock``): the views of :meth:`tokenize_file`
+        and the seconds each covers (a video's clips). Plugins whose views are spans of time
+        override it."""
+        raise NotImplementedError(f"{self.name} views are not spans of time")
+
+    def tokenize_spans(self, data: bytes, path: str, spans: list[TimeSpan]) -> list[TokenStream]:
+        """For a clock's other streams: one view per span of seconds, as the first stream drew them
+        (an audio track: the fbank of each clip's seconds). Plugins that can override it."""
+        raise NotImplementedError(f"{self.name} cannot cut views at given times")
+
+    @classmethod
+    def clock_roles(cls) -> list[str]:
+        """What this plugin can be in a clock group: "lead" (draws the spans), "follow" (takes them)."""
+        return [role for role, method in (("lead", "tokenize_timed"), ("follow", "tokenize_spans"))
+                if getattr(cls, method) is not getattr(ModalityPlugin, method)]
 
     @classmethod
     def has_frame(cls) -> bool:

@@ -32,7 +32,7 @@ from pydantic import Field
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import GAP, IMAGENET_MEAN, IMAGENET_STD, centre_box, panel_column, panel_row, tubeletify, untubeletify
-from polymae.ops.crops import FrameView
+from polymae.ops.crops import FrameView, TimeSpan
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -156,8 +156,20 @@ class VideoPlugin(ModalityPlugin):
 
     def read_clips(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[np.ndarray]:
         """Decode once: all clips' frames in one batched read → list of (T, H, W, 3) uint8."""
+        return self._read(data, path, rng)[0]
+
+    def _read(self, data: bytes, path: str, rng: np.random.Generator | None,
+              ) -> tuple[list[np.ndarray], list[TimeSpan]]:
+        """The clips and the seconds each covers: from its first frame to one stride past its last
+        (16 frames at stride 4 at 30 fps: 2.13 s), within the video."""
         reader = self._open(data, path)
         clips = self.clip_indices(len(reader), rng)
+        fps = float(reader.get_avg_fps()) or 30.0
+        length = self.config.num_frames * self.config.stride  # frames a clip spans
+        spans = [TimeSpan(int(idx[0]) / fps, min(len(reader), int(idx[0]) + length) / fps) for idx in clips]
+        return self._frames(reader, clips), spans
+
+    def _frames(self, reader: decord.VideoReader, clips: list[np.ndarray]) -> list[np.ndarray]:
         wanted = np.unique(np.concatenate(clips))
         try:
             frames = reader.get_batch(wanted.tolist()).asnumpy()
@@ -165,7 +177,6 @@ class VideoPlugin(ModalityPlugin):
             raise BadInputError(f"frames could not be decoded: {str(err).strip()[:200]}") from err
         lookup = {int(i): k for k, i in enumerate(wanted)}
         return [frames[[lookup[int(i)] for i in idx]] for idx in clips]
-
 
     @classmethod
     def check_native(cls) -> str:
@@ -178,6 +189,12 @@ class VideoPlugin(ModalityPlugin):
 
     def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
         return [self.tokenize(clip, rng) for clip in self.read_clips(data, path, rng)]
+
+    def tokenize_timed(self, data: bytes, path: str, rng: np.random.Generator | None,
+                       ) -> tuple[list[TokenStream], list[TimeSpan]]:
+        """The clips' token streams and their seconds, for the streams on this video's clock."""
+        clips, spans = self._read(data, path, rng)
+        return [self.tokenize(clip, rng) for clip in clips], spans
 
     # --- tokens -----------------------------------------------------------------------------
     def _crop_box(self, height: int, width: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:

@@ -4,6 +4,7 @@ from polymae.ops.crops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FrameView,
+    TimeSpan,
     centre_box,
     draw_frame_view,
     random_resized_crop_box,
@@ -15,6 +16,7 @@ from polymae.ops.render import GAP, panel_column, panel_row, viridis
 __all__ = [
     "GAP",
     "FrameView",
+    "TimeSpan",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "centre_box",

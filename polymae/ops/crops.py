@@ -74,3 +74,12 @@ def draw_frame_view(
         return FrameView.of_box(centre_box(height, width), height, width)
     box = random_resized_crop_box(height, width, scale, ratio, rng)
     return FrameView.of_box(box, height, width, bool(hflip and rng.random() < 0.5))
+
+
+@dataclass(frozen=True)
+class TimeSpan:
+    """The seconds one view covers, ``start`` ≤ t < ``end``: a video clip's, handed to the streams
+    that share its clock (the file's audio track), so they cover exactly the same time."""
+
+    start: float
+    end: float

@@ -5,7 +5,9 @@ starts at sample step·batch) → ``map_batches``: read each of a sample's files
 sample views, tokenize and mask, each sample seeded by (run seed, sample id, epoch). Every batch
 has the columns of every stream; a sample without a stream carries it as absent (no valid
 token: never visible, never scored). Streams that share a spatial frame (``sources[].frame``:
-an RGB image and its depth map) get one crop and flip, drawn by the frame's first stream.
+an RGB image and its depth map) get one crop and flip, drawn by the frame's first stream;
+streams on one clock (``sources[].clock``: a video and its own audio track) cover the same
+seconds, those of the first stream's clips.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import ray
 
 from polymae.modalities.base import BadInputError, ModalityPlugin
 from polymae.modalities.registry import make_plugin
-from polymae.ops.crops import FrameView
+from polymae.ops.crops import FrameView, TimeSpan
 from polymae.pipelines.files import Sample, view_id
 from polymae.pipelines.scan import read_bytes, samples_per_epoch
 from polymae.pipelines.spec import PipelineSpec
@@ -66,32 +68,41 @@ def manifest_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def tokenize_sample(
-    plugins: dict[str, ModalityPlugin], frames: dict[str, str | None], policy: MaskPolicy,
+    plugins: dict[str, ModalityPlugin], shares: dict[str, dict[str, str | None]], policy: MaskPolicy,
     paths: dict[str, str], sample_id: str, epoch: int, seed: int, first: int, count: int, train: bool = True,
 ) -> list[dict[str, TokenStream]]:
     """Read and decode each file of one sample once, sample its views (augmented with seeded
     generators), keep views ``first … first+count`` and mask each — the same on every worker.
 
-    → one ``{stream: TokenStream}`` per view. View k of every stream pairs up. A stream of a
-    spatial frame (``frames[stream]``) takes the crop and flip that the frame's first stream (in
-    spec order) drew. Raises BadInputError from any of the files.
+    → one ``{stream: TokenStream}`` per view. View k of every stream pairs up. ``shares[stream]``
+    holds the stream's ``frame`` and ``clock``: a stream of a spatial frame takes the crop and flip
+    that the frame's first stream (in spec order) drew; a stream on a clock takes the seconds of
+    the clock's first stream's views (an audio track the seconds of its video's clips). Raises
+    BadInputError from any of the files.
     """
-    names = [n for n in plugins if n in paths]  # spec order: the frame's first stream draws its view
+    names = [n for n in plugins if n in paths]  # spec order: a frame's or clock's first stream draws
     views: dict[str, list[TokenStream]] = {}
-    shared: dict[str, FrameView | None] = {}
+    drawn: dict[str, FrameView | None] = {}
+    timed: dict[str, list[TimeSpan]] = {}
     for name in names:
-        plugin, frame = plugins[name], frames.get(name)
+        plugin, share = plugins[name], shares.get(name, {})
+        frame, clock = share.get("frame"), share.get("clock")
         # a sample of one stream draws as it always did; paired streams each get their own generator
         purpose = "augment" if len(names) == 1 else f"augment:{name}"
         rng = sample_rng(seed, sample_id, epoch, purpose) if train else None
         data = read_bytes(paths[name], plugin)
-        if frame is None:
-            views[name] = plugin.tokenize_file(data, paths[name], rng)[first : first + count]
-            continue
-        array = plugin.decode(data, paths[name])
-        if frame not in shared:
-            shared[frame] = plugin.frame_view(array, rng)
-        views[name] = [plugin.tokenize(array, rng, shared[frame])][first : first + count]
+        if frame is not None:
+            array = plugin.decode(data, paths[name])
+            if frame not in drawn:
+                drawn[frame] = plugin.frame_view(array, rng)
+            views[name] = [plugin.tokenize(array, rng, drawn[frame])]
+        elif clock is not None and clock in timed:
+            views[name] = plugin.tokenize_spans(data, paths[name], timed[clock])
+        elif clock is not None:
+            views[name], timed[clock] = plugin.tokenize_timed(data, paths[name], rng)
+        else:
+            views[name] = plugin.tokenize_file(data, paths[name], rng)
+        views[name] = views[name][first : first + count]
     samples = []
     for k in range(min(len(v) for v in views.values())):
         sample = {name: views[name][k] for name in names}
@@ -123,13 +134,13 @@ def tokenize_batch(
     modality, config and frame). A sample that fails here (a file changed since the scan) is
     dropped from the batch; the scan already quarantined bad files."""
     plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
-    frames = {name: s.get("frame") for name, s in streams.items()}
+    shares = {name: {"frame": s.get("frame"), "clock": s.get("clock")} for name, s in streams.items()}
     policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed)
     samples, ids, epochs = [], [], []
     rows = zip(batch["sample_id"], batch["paths"], batch["epoch"], batch["first"], batch["count"], strict=True)
     for sid, paths, epoch, first, count in rows:
         try:
-            views = tokenize_sample(plugins, frames, policy, json.loads(str(paths)), str(sid), int(epoch), seed,
+            views = tokenize_sample(plugins, shares, policy, json.loads(str(paths)), str(sid), int(epoch), seed,
                                     int(first), int(count), train)
         except BadInputError as err:  # passed the scan, fails now: a file changed under us
             log.warning("dropped sample %s (epoch %s) from the stream: %s", sid, epoch, err.reason)
@@ -147,7 +158,9 @@ def tokenize_batch(
 
 
 def stream_kwargs(spec: PipelineSpec, train: bool = True) -> dict[str, Any]:
-    return {"streams": {s.name: {"modality": s.modality, "config": s.config, "frame": s.frame} for s in spec.sources},
+    streams = {s.name: {"modality": s.modality, "config": s.config, "frame": s.frame, "clock": s.clock}
+               for s in spec.sources}
+    return {"streams": streams,
             "seed": spec.seed, "train": train,
             "masks": {m: s.model_dump() for m, s in spec.mask_specs().items()}}
 

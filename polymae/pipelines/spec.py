@@ -49,6 +49,8 @@ class SourceSpec(_Strict):
     loss_weight: float = Field(1.0, ge=0, description="weight of this stream's loss in the total (MultiMAE: 1)")
     frame: str | None = Field(None, description="streams with the same frame are co-registered (an RGB image "
                               "and its depth map): one crop and flip per sample for all of them")
+    clock: str | None = Field(None, description="streams with the same clock cover the same seconds: the "
+                              "first (a video) draws its clips, the others (its audio track) take their spans")
 
     @field_validator("modality")
     @classmethod
@@ -357,6 +359,23 @@ def _pairing_problems(spec: PipelineSpec) -> list[str]:
             framed = [m for m in available_modalities() if get_plugin_class(m).has_frame()]
             problems.append(f"sources.{i}.frame = {source.frame!r}: modality {source.modality} has no spatial "
                             f"frame; allowed on: {', '.join(framed)}")
+    clocks: dict[str, list[int]] = {}
+    for i, source in enumerate(spec.sources):
+        if source.clock is not None:
+            clocks.setdefault(source.clock, []).append(i)
+    for clock, members in clocks.items():
+        for k, i in enumerate(members):
+            role, source = "lead" if k == 0 else "follow", spec.sources[i]
+            if role not in get_plugin_class(source.modality).clock_roles():
+                able = [m for m in available_modalities() if role in get_plugin_class(m).clock_roles()]
+                what = "draw a clock's spans (the first stream on it)" if k == 0 else "take a clock's spans"
+                problems.append(f"sources.{i}.clock = {clock!r}: modality {source.modality} cannot {what}; "
+                                f"allowed: {', '.join(able)}")
+        if len(members) > 1 and spec.pairing is None:
+            problems.append(f"sources.{members[0]}.clock = {clock!r}: streams on one clock must be paired into "
+                            "samples; add `pairing:` (key: stem pairs a video with its own audio track)")
+        if len(members) == 1:
+            problems.append(f"sources.{members[0]}.clock = {clock!r}: no other stream is on this clock")
     pairing = spec.pairing
     if pairing is not None and isinstance(pairing.template, dict):
         unknown = sorted(set(pairing.template) - set(spec.streams))
