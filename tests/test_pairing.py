@@ -48,9 +48,11 @@ def test_stem_template_and_manifest_keys(tmp_path):
 
 
 def test_a_complete_key_is_one_sample_with_the_fewest_views():
-    out = _rows(join_group(_group([_file("rgb", "a.png", 3), _file("depth", "a.png", 2)], ["a", "a"]),
-                           ["rgb", "depth"], "single"))
+    files = _group([_file("rgb", "a.png", 3), _file("depth", "a.png", 2)], ["a", "a"])
+    out = _rows(join_group(files, ["rgb", "depth"], "single"))
     assert len(out) == 1 and out[0]["kind"] == "sample" and out[0]["num_samples"] == 2 and not out[0]["reason"]
+    out = _rows(join_group(files, ["rgb", "depth"], "single", followers=("depth",)))
+    assert out[0]["num_samples"] == 3  # a stream on rgb's clock is cut at rgb's views: its own count does not limit
 
 
 @pytest.mark.parametrize("policy, kind", [("single", "sample"), ("drop", "skip"), ("quarantine", "quarantine")])

@@ -190,8 +190,10 @@ class PairStage(Stage):
         spec = ctx.spec
         folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
+        clocks = [s.clock for s in spec.sources]
+        followers = tuple(s.name for i, s in enumerate(spec.sources) if s.clock and s.clock in clocks[:i])
         paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
-                      spec.pairing or PairingSpec(), folder)
+                      spec.pairing or PairingSpec(), folder, followers)
         record = {"good": [vars(f) for f in paired.good], "quarantine": paired.quarantine, "skipped": paired.skipped,
                   "unmatched": paired.unmatched, "samples": [vars(s) for s in paired.samples]}
         (folder / "pairing.json").write_text(json.dumps(record))
@@ -205,7 +207,7 @@ class PairStage(Stage):
             return False
         r = json.loads(path.read_text())
         ctx.scans[stage.name] = ScanResult([SampleFile(**f) for f in r["good"]], r["quarantine"], r["skipped"],
-                                           r["unmatched"], [Sample(**s) for s in r["samples"]])
+                                           [tuple(u) for u in r["unmatched"]], [Sample(**s) for s in r["samples"]])
         log_counts(ctx, ctx.scans[stage.name])
         return True
 

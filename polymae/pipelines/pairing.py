@@ -77,15 +77,19 @@ def file_key(f: SampleFile, pairing: dict[str, Any], manifest: dict[str, tuple[s
 _OUT = ("kind", "key", "stream", "path", "reason", "paths", "num_samples")
 
 
-def join_group(group: dict[str, np.ndarray], streams: list[str], unmatched: str) -> dict[str, np.ndarray]:
-    """Ray Data ``map_groups``: the files of one key → rows of ``kind`` sample / skip / quarantine."""
+def join_group(group: dict[str, np.ndarray], streams: list[str], unmatched: str,
+               followers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Ray Data ``map_groups``: the files of one key → rows of ``kind`` sample / skip / quarantine.
+    ``followers``: streams on a clock, whose views are cut at the first stream's spans (their own
+    count does not limit the sample's)."""
     rows: list[tuple] = []
     key = str(group["key"][0])
     order = np.argsort(group["sample_id"].astype(str), kind="stable")
     files = [{c: group[c][i] for c in ("sample_id", "stream", "path", "num_samples", "why")} for i in order]
     if not key:  # no key at all: each file is unmatched on its own
         for f in files:
-            _unmatched(rows, {f["stream"]: f}, str(f["sample_id"]), f"no pairing key: {f['why']}", unmatched)
+            _unmatched(rows, {f["stream"]: f}, str(f["sample_id"]), f"no pairing key: {f['why']}", unmatched,
+                       followers)
         return _columns(rows)
     chosen: dict[str, dict] = {}
     for f in files:
@@ -96,23 +100,25 @@ def join_group(group: dict[str, np.ndarray], streams: list[str], unmatched: str)
             chosen[f["stream"]] = f
     missing = [s for s in streams if s not in chosen]
     if missing:
-        _unmatched(rows, chosen, key, f"no partner in {', '.join(missing)}", unmatched)
+        _unmatched(rows, chosen, key, f"no partner in {', '.join(missing)}", unmatched, followers)
     else:
-        rows.append(_sample_row(key, chosen))
+        rows.append(_sample_row(key, chosen, "", followers))
     return _columns(rows)
 
 
-def _unmatched(rows: list[tuple], files: dict[str, dict], key: str, reason: str, policy: str) -> None:
+def _unmatched(rows: list[tuple], files: dict[str, dict], key: str, reason: str, policy: str,
+               followers: tuple[str, ...]) -> None:
     if policy == "single":
-        rows.append(_sample_row(key, files, reason))
+        rows.append(_sample_row(key, files, reason, followers))
     else:
         rows += [("skip" if policy == "drop" else "quarantine", key, s, f["path"], reason, "", 0)
                  for s, f in files.items()]
 
 
-def _sample_row(key: str, files: dict[str, dict], reason: str = "") -> tuple:
+def _sample_row(key: str, files: dict[str, dict], reason: str, followers: tuple[str, ...]) -> tuple:
     paths = json.dumps({s: str(f["path"]) for s, f in files.items()}, sort_keys=True)
-    views = min(int(f["num_samples"]) for f in files.values())
+    counted = [f for s, f in files.items() if s not in followers or len(files) == 1]
+    views = min(int(f["num_samples"]) for f in counted or files.values())
     return ("sample", key, ",".join(sorted(files)), "", reason, paths, views)
 
 
@@ -121,10 +127,11 @@ def _columns(rows: list[tuple]) -> dict[str, np.ndarray]:
             for i, c in enumerate(_OUT)}
 
 
-def pair(scanned: ScanResult, streams: dict[str, str], pairing: PairingSpec, folder: Path) -> ScanResult:
+def pair(scanned: ScanResult, streams: dict[str, str], pairing: PairingSpec, folder: Path,
+         followers: tuple[str, ...] = ()) -> ScanResult:
     """Join ``scanned``'s good files into samples (written to ``folder/pairs``) → the result with
     the samples, the skipped and unmatched files, and the pairing's quarantine rows added.
-    ``streams``: stream name → modality, in spec order."""
+    ``streams``: stream name → modality, in spec order; ``followers``: see :func:`join_group`."""
     manifest = read_manifest(pairing.manifest) if pairing.key == "manifest" and pairing.manifest else None
     settings = pairing.model_dump()
     items = []
@@ -135,22 +142,23 @@ def pair(scanned: ScanResult, streams: dict[str, str], pairing: PairingSpec, fol
     out = str(folder / "pairs")
     if items:
         ray.data.from_items(items).groupby("key").map_groups(
-            join_group, fn_kwargs={"streams": list(streams), "unmatched": pairing.unmatched}, batch_format="numpy",
+            join_group, fn_kwargs={"streams": list(streams), "unmatched": pairing.unmatched, "followers": followers},
+            batch_format="numpy",
         ).write_parquet(out)
     table = pq.read_table(out) if items and os.listdir(out) else pa.table({c: [] for c in _OUT})
     cols = {c: table.column(c).to_pylist() for c in _OUT}
-    by_path = {f.path: f for f in scanned.good}
     samples, quarantine, skipped, unmatched, removed = [], list(scanned.quarantine), [], [], set()
     for kind, key, stream, path, reason, paths, count in zip(*(cols[c] for c in _OUT), strict=True):
         if kind == "sample":
             files = json.loads(paths)
             samples.append(Sample(key, files, int(count)))
-            unmatched += list(files.values()) if reason else []
+            unmatched += list(files.items()) if reason else []
             continue
         row = {"path": path, "stream": stream, "modality": streams.get(stream, ""), "stage": "pair", "reason": reason}
         (skipped if kind == "skip" else quarantine).append(row)
-        removed.add(path)
-        unmatched += [path] if not reason.startswith("ambiguous") else []
-    good = [by_path[p] for p in sorted(by_path) if p not in removed]
-    return ScanResult(good, sorted(quarantine, key=lambda r: r["path"]), sorted(skipped, key=lambda r: r["path"]),
-                      sorted(unmatched), sorted(samples, key=lambda s: s.sample_id))
+        removed.add((stream, path))
+        unmatched += [(stream, path)] if not reason.startswith("ambiguous") else []
+    good = [f for f in scanned.good if (f.stream, f.path) not in removed]
+    return ScanResult(good, sorted(quarantine, key=lambda r: (r["path"], r["stream"])),
+                      sorted(skipped, key=lambda r: (r["path"], r["stream"])), sorted(unmatched),
+                      sorted(samples, key=lambda s: s.sample_id))

@@ -114,7 +114,7 @@ class ScanResult:
     good: list[SampleFile]
     quarantine: list[dict[str, str]]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)  # paths
+    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (stream, path): one file may be two streams
     paired: list[Sample] | None = None  # None: not paired, each good file is a sample
 
     @classmethod
@@ -155,11 +155,8 @@ class ScanResult:
             return sum(1 for r in rows if stream is None or r["stream"] == stream)
 
         good = [f for f in self.good if stream is None or f.stream == stream]
-        unmatched = set(self.unmatched)
         counts = {"tokenized": len(good), "quarantined": mine(self.quarantine), "skipped": mine(self.skipped)}
-        streams = {f.path: f.stream for f in self.good}
-        streams |= {r["path"]: r["stream"] for r in self.quarantine + self.skipped}
-        counts["unmatched"] = sum(1 for p in unmatched if stream is None or streams.get(p) == stream)
+        counts["unmatched"] = sum(1 for s, _ in set(self.unmatched) if stream is None or s == stream)
         samples = [s for s in self.samples if stream is None or stream in s.paths]
         return {"total": counts["tokenized"] + counts["quarantined"] + counts["skipped"], **counts,
                 "samples": samples_per_epoch(samples)}
