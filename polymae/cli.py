@@ -136,10 +136,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     import ray
 
     from polymae.orchestration.embed import embed_files
+    from polymae.orchestration.inference import resolve_checkpoint
     from polymae.orchestration.run import shutdown
-    from polymae.orchestration.tracking import download_checkpoint, resolve_tracking_uri
 
-    checkpoint = download_checkpoint(args.model, resolve_tracking_uri(args.tracking_uri))
+    checkpoint = resolve_checkpoint(args.model, args.tracking_uri)
     started = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
     if started:
         ray.init(address=args.address or "local", include_dashboard=False)
@@ -150,6 +150,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             shutdown()
     print(f"[polymae] {counts['files']} files: {counts['embedded']} embedded ({counts['rows']} rows) "
           f"+ {counts['quarantined']} quarantined → {args.output}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from polymae.orchestration.checkpoint import load_model
+    from polymae.orchestration.inference import resolve_checkpoint
+    from polymae.orchestration.reconstruct import parse_files, reconstruct_files
+
+    files = parse_files(args.files)  # a malformed --files fails before the model loads
+    model, spec = load_model(resolve_checkpoint(args.model, args.tracking_uri))
+    written = reconstruct_files(model, spec, args.inputs, args.targets, files, args.out)
+    for stream, path in written.items():
+        print(f"[polymae] {stream} from {', '.join(args.inputs)} → {path}")
     return 0
 
 
@@ -214,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--address", help="Ray address (default: an embedded Ray)")
     embed.set_defaults(func=_cmd_embed)
 
+    recon = sub.add_parser("reconstruct", help="encode some streams' files, predict others → renders")
+    recon.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    recon.add_argument("--inputs", nargs="+", required=True, metavar="STREAM", help="streams the encoder sees")
+    recon.add_argument("--targets", nargs="+", required=True, metavar="STREAM", help="streams to predict")
+    recon.add_argument("--files", nargs="+", required=True, metavar="STREAM=PATH",
+                       help="one file per input and target stream (a target's: where to predict, the original)")
+    recon.add_argument("--out", required=True, help="folder for <stream>.png (or .npy without a render)")
+    recon.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    recon.set_defaults(func=_cmd_reconstruct)
+
     validate = sub.add_parser("validate", help="check a spec and print it resolved")
     _spec_args(validate)
     validate.set_defaults(func=_cmd_validate)
@@ -233,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as err:
         print(f"polymae: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        if args.command != "reconstruct":
+            raise
+        print(f"polymae reconstruct: {err}", file=sys.stderr)
         return 2
 
 

@@ -301,14 +301,17 @@ class AudioPlugin(ModalityPlugin):
     def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_mse(pred, self.target(values), mask)
 
+    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
+        return undo_norm_pix(pred, values) if self.config.norm_pix_loss else pred
+
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """original | masked input (hidden patches grey) | reconstruction (hidden patches predicted,
         visible ones pasted), each (F, T', 3) with
         frequency upwards and time to the right, cropped to the windows' valid time patches."""
         p, (h, w) = self.config.patch_size, self.grid
         values = stream.values
-        if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
-            pred = undo_norm_pix(pred, values)
+        pred = self.prediction_values(pred, values)
         rows = np.flatnonzero(stream.valid.reshape(h, w).any(axis=1))
         frames = (int(rows.max()) + 1 if len(rows) else h) * p
 

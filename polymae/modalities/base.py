@@ -161,6 +161,12 @@ class ModalityPlugin(ABC):
     def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scalar loss of ``pred`` against ``target(values)`` over tokens where ``mask`` (B, N) is true."""
 
+    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A prediction (N, D) in the head's space → token values (N, D), what renders show.
+        Default: the same (the head predicts values). Norm-pix plugins undo the per-token
+        normalisation with the statistics of the true tokens ``values``."""
+        return pred
+
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """A picture (H, W, 3 uint8) of original, masked input and reconstruction."""
         raise NotImplementedError(f"{self.name} has no render")

@@ -137,11 +137,14 @@ class ImagePlugin(ModalityPlugin):
         image = unpatchify(values, cfg.patch_size, self.grid, self.grid) * cfg.std + cfg.mean
         return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
+    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
+        return undo_norm_pix(pred, values) if self.config.norm_pix_loss else pred
+
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """original | masked input | reconstruction | reconstruction with visible patches pasted."""
         values = stream.values
-        if self.config.norm_pix_loss:  # undo norm-pix with each patch's own statistics
-            pred = undo_norm_pix(pred, values)
+        pred = self.prediction_values(pred, values)
         vis = stream.visible[:, None]
         per_value = self.config.patch_size**2  # patch values are (row, col, channel) triples
         grey = (0.5 - np.tile(self.config.mean, per_value)) / np.tile(self.config.std, per_value)

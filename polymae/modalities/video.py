@@ -235,14 +235,17 @@ class VideoPlugin(ModalityPlugin):
     def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_mse(pred, self.target(values), mask)
 
+    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
+        return undo_norm_pix(pred, values, channels=3) if self.config.norm_pix_loss else pred
+
     # --- pictures ---------------------------------------------------------------------------
     def _panels(self, stream: TokenStream, pred: np.ndarray) -> list[np.ndarray]:
         """original, masked input, reconstruction: each (T, S, S, 3) uint8. Tokens the decoder
         did not reconstruct (V2's dropped ones) stay grey in the reconstruction."""
         cfg = self.config
         values = stream.values
-        if cfg.norm_pix_loss:
-            pred = undo_norm_pix(pred, values, channels=3)
+        pred = self.prediction_values(pred, values)
         per_value = cfg.tubelet_size * cfg.patch_size**2
         grey = (0.5 - np.tile(cfg.mean, per_value)) / np.tile(cfg.std, per_value)
         vis = stream.visible[:, None]

@@ -10,29 +10,31 @@ of one plugin (two cameras) have their own embeddings and heads. A single-modali
 video, audio...) is the one-stream case. The method names mirror facebookresearch/mae:
 ``forward_encoder``, ``forward_decoder``, ``forward_loss``. Batches are dicts of tensors keyed
 ``"<stream>.<field>"`` (see polymae.tokenizer.stream).
+
+``cfg.decoder`` picks the decoder: ``"joint"`` (above: MAE's, one decoder over all streams'
+tokens) or ``"per_stream"`` (MultiMAE: each stream's own cross-attention decoder, in
+polymae.models.decoders). ``cfg.contrastive_weight`` > 0 adds CAV-MAE's contrastive term between
+streams' pooled encoder outputs (``forward_contrastive``). ``reconstruct`` encodes some streams
+and predicts others.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import itertools
 
+import numpy as np
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from polymae.modalities.base import ModalityPlugin
+from polymae.models.decoders import StreamDecoder, gather_tokens
+from polymae.models.decoders import transformer_blocks as _blocks
+from polymae.models.losses.info_nce import symmetric_info_nce
 from polymae.models.presets import ModelConfig
 from polymae.tokenizer.stream import column
 
 Batch = dict[str, torch.Tensor]
-
-
-def _blocks(width: int, depth: int, heads: int, cfg: ModelConfig) -> nn.ModuleList:
-    norm = partial(nn.LayerNorm, eps=1e-6)
-    return nn.ModuleList(
-        Block(width, heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm, drop_path=cfg.drop_path)
-        for _ in range(depth)
-    )
+CONTRASTIVE = "contrastive"  # the key of the contrastive term among the per-stream losses
 
 
 def _run(blocks: nn.ModuleList, x: torch.Tensor, attn_mask: torch.Tensor | None,
@@ -49,7 +51,7 @@ def _with_cls(x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _gather(x: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor | None:
-    return None if x is None else torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+    return None if x is None else gather_tokens(x, ids)
 
 
 def loss_mask(batch: Batch, modality: str) -> torch.Tensor:
@@ -66,6 +68,9 @@ class PolyMAE(nn.Module):
         self.modalities = sorted(plugins)  # the stream names, in a fixed order
         self.loss_weights = {m: float((loss_weights or {}).get(m, 1.0)) for m in self.modalities}
         self.cfg = cfg
+        if cfg.contrastive_weight > 0 and (len(self.modalities) < 2 or CONTRASTIVE in plugins):
+            raise ValueError(f"contrastive_weight needs two or more streams, none named {CONTRASTIVE!r}; "
+                             f"streams: {', '.join(self.modalities)}")
         w, dw = cfg.width, cfg.decoder_width
         # encoder
         self.embed = nn.ModuleDict({m: plugins[m].build_embed(w) for m in self.modalities})
@@ -74,22 +79,29 @@ class PolyMAE(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, w))
         self.blocks = _blocks(w, cfg.depth, cfg.heads, cfg)
         self.norm = nn.LayerNorm(w, eps=1e-6)
-        # decoder
-        self.decoder_embed = nn.Linear(w, dw)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
-        self.decoder_position = nn.ModuleDict({m: plugins[m].build_position(dw) for m in self.modalities})
-        self.decoder_modality_embed = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(1, 1, dw)) for m in self.modalities}
-        )
-        self.decoder_blocks = _blocks(dw, cfg.decoder_depth, cfg.decoder_heads, cfg)
-        self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
+        if cfg.decoder == "joint":
+            self.decoder_embed = nn.Linear(w, dw)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
+            self.decoder_position = nn.ModuleDict({m: plugins[m].build_position(dw) for m in self.modalities})
+            self.decoder_modality_embed = nn.ParameterDict(
+                {m: nn.Parameter(torch.zeros(1, 1, dw)) for m in self.modalities}
+            )
+            self.decoder_blocks = _blocks(dw, cfg.decoder_depth, cfg.decoder_heads, cfg)
+            self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
+        else:  # MultiMAE: a decoder per stream; the decoder position codes are shared by all of them
+            dw = cfg.per_stream_width
+            self.decoder_position = nn.ModuleDict({m: plugins[m].build_position(dw) for m in self.modalities})
+            self.decoders = nn.ModuleDict({m: StreamDecoder(self.modalities, w, cfg) for m in self.modalities})
         self.heads = nn.ModuleDict({m: plugins[m].build_head(dw) for m in self.modalities})
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """MAE's init: xavier-uniform linears, unit LayerNorms, N(0, 0.02) tokens."""
-        for p in [self.cls_token, self.mask_token, *self.modality_embed.values(),
-                  *self.decoder_modality_embed.values()]:
+        if self.cfg.decoder == "joint":
+            tokens = [self.mask_token, *self.decoder_modality_embed.values()]
+        else:
+            tokens = [p for d in self.decoders.values() for p in [d.mask_token, *d.stream_embed.values()]]
+        for p in [self.cls_token, *tokens[:1], *self.modality_embed.values(), *tokens[1:]]:
             nn.init.normal_(p, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -162,6 +174,8 @@ class PolyMAE(nn.Module):
 
         Returns per modality pred (B, N_m, D_m).
         """
+        if self.cfg.decoder == "per_stream":
+            return self.forward_stream_decoders(latent, ids_restore, keep, batch)
         x = self.decoder_embed(latent)
         cls, x = x[:, :1], x[:, 1:]
         b, n_total = ids_restore.shape
@@ -175,6 +189,22 @@ class PolyMAE(nn.Module):
         sees = (self._cat(batch, "visible") | self._cat(batch, "decoded")) & self._cat(batch, "valid")
         x = self._decode(cls, x, sees, pos_every)
         return {m: self.heads[m](part) for m, part in self._split(x, batch).items()}
+
+    def forward_stream_decoders(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, keep: torch.Tensor, batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """MultiMAE: each stream's decoder cross-attends to every stream's encoded tokens.
+        → per stream pred (B, N_m, D_m); tokens the decoder does not see predict from zeros and
+        never reach a loss, as in the joint decoder."""
+        names = self.streams_in(batch)
+        sizes = [(m, batch[column(m, "valid")].shape[1]) for m in names]
+        pos_once, pos_every = self._positions(self.decoder_position, batch)
+        preds = {}
+        for m in names:
+            sees = (batch[column(m, "visible")] | batch[column(m, "decoded")]) & batch[column(m, "valid")]
+            x = self.decoders[m](latent, keep, ids_restore, sizes, pos_once, pos_every, m, sees)
+            preds[m] = self.heads[m](x)
+        return preds
 
     def _decode(self, cls: torch.Tensor, x: torch.Tensor, sees: torch.Tensor,
                 pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,12 +245,80 @@ class PolyMAE(nn.Module):
                 losses[m] = self.plugins[m].loss(preds[m], batch[column(m, "values")], mask)
         return losses
 
+    def pool_streams(self, latent: torch.Tensor, ids_restore: torch.Tensor, keep: torch.Tensor,
+                     batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-stream mean of the encoded visible tokens (CAV-MAE's ``latent_c.mean(dim=1)``).
+
+        → pooled (S, B, W) for the batch's S streams in order and present (S, B) bool: the sample
+        showed the encoder at least one token of the stream (else its row is 0)."""
+        names = self.streams_in(batch)
+        owner = torch.cat([torch.full((batch[column(m, "valid")].shape[1],), i, device=latent.device)
+                           for i, m in enumerate(names)])  # (N_total,) which stream each token is
+        tokens = latent[:, 1:]
+        ids_keep = torch.argsort(ids_restore, dim=1)[:, : tokens.shape[1]]
+        slot_owner = owner[ids_keep]  # (B, K)
+        member = torch.stack([keep & (slot_owner == i) for i in range(len(names))])  # (S, B, K)
+        weights = member.to(tokens.dtype)
+        pooled = torch.einsum("sbk,bkw->sbw", weights, tokens) / weights.sum(-1, keepdim=True).clamp(min=1.0)
+        return pooled, member.any(-1)
+
+    def forward_contrastive(self, latent: torch.Tensor, ids_restore: torch.Tensor, keep: torch.Tensor,
+                            batch: Batch) -> torch.Tensor:
+        """CAV-MAE's contrastive term, made symmetric: InfoNCE between two streams' pooled encoder
+        outputs, over the samples that show the encoder both; the mean over stream pairs. A pair
+        that fewer than two samples share adds 0 (one sample is its own only candidate)."""
+        pooled, present = self.pool_streams(latent, ids_restore, keep, batch)
+        terms = [symmetric_info_nce(pooled[i], pooled[j], self.cfg.contrastive_temperature, present[i] & present[j])
+                 for i, j in itertools.combinations(range(pooled.shape[0]), 2)]
+        return torch.stack(terms).mean() if terms else pooled.sum() * 0.0
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """→ (total loss: the weighted sum of the streams', per-stream losses, per-stream predictions)."""
+        """→ (total loss: the weighted sum of the streams' (+ contrastive_weight × the contrastive
+        term, under the key "contrastive"), per-stream losses, per-stream predictions)."""
         latent, ids_restore, keep = self.forward_encoder(batch)
         preds = self.forward_decoder(latent, ids_restore, keep, batch)
         losses = self.forward_loss(batch, preds)
-        return sum(self.loss_weights[m] * v for m, v in losses.items()), losses, preds
+        total = sum(self.loss_weights[m] * v for m, v in losses.items())
+        if self.cfg.contrastive_weight > 0:
+            losses[CONTRASTIVE] = self.forward_contrastive(latent, ids_restore, keep, batch)
+            total = total + self.cfg.contrastive_weight * losses[CONTRASTIVE]
+        return total, losses, preds
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, inputs: list[str], targets: list[str], use_mask: bool = False,
+                    to_values: bool = False) -> dict[str, torch.Tensor]:
+        """Encode the ``inputs`` streams, predict the ``targets`` streams: → per target (B, N_m, D_m).
+
+        Input streams show the encoder every valid token (``use_mask``: only those the batch marks
+        visible); every other stream, and an input the batch lacks, is fully hidden. Targets need
+        their columns in the batch (coords and valid: where to predict); their values are never
+        seen. Predictions are in the head's space (the plugin's ``target``, e.g. norm-pix), which
+        depends on the inputs only; ``to_values`` maps them to token values with the plugin's
+        ``prediction_values``, which for norm-pix uses each true token's mean and variance (as
+        the renders do), so it reads the target's values."""
+        allowed = set(self.modalities)
+        for what, names in (("input", inputs), ("target", targets)):
+            unknown = [m for m in names if m not in allowed]
+            if unknown:
+                raise ValueError(f"unknown {what} stream(s) {', '.join(unknown)}; the model has "
+                                 f"{', '.join(self.modalities)}")
+        missing = [m for m in targets if column(m, "values") not in batch]
+        if missing:
+            raise ValueError(f"target stream(s) {', '.join(missing)} need their columns in the batch (coords, valid)")
+        run = dict(batch)
+        for m in self.streams_in(batch):
+            valid = batch[column(m, "valid")]
+            visible = (valid & batch[column(m, "visible")] if use_mask else valid) if m in inputs else valid & False
+            run[column(m, "visible")], run[column(m, "decoded")] = visible, valid
+        latent, ids_restore, keep = self.forward_encoder(run)
+        preds = self.forward_decoder(latent, ids_restore, keep, run)
+        out = {m: preds[m] for m in targets}
+        if to_values:
+            for m in targets:
+                values = batch[column(m, "values")].float().cpu().numpy()
+                out[m] = torch.as_tensor(np.stack([self.plugins[m].prediction_values(p, v) for p, v in
+                                                   zip(out[m].float().cpu().numpy(), values, strict=True)]))
+        return out
 
     @torch.no_grad()
     def embed_batch(self, batch: Batch) -> torch.Tensor:

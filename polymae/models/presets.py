@@ -1,7 +1,16 @@
 """Model sizes. ``base`` and ``large`` are MAE's ViT-B/16 and ViT-L/16 with its 512-wide,
-8-block decoder; ``tiny`` is small enough to train on two CPU cores in a test."""
+8-block decoder; ``tiny`` is small enough to train on two CPU cores in a test.
+
+The decoder is MAE's one joint decoder over every stream's tokens (``decoder="joint"``) or
+MultiMAE's per-stream decoders (``"per_stream"``: one cross-attention to all encoded tokens and
+two 256-wide, 8-head blocks per stream, MultiMAE's ``decoder_dim``/``decoder_depth`` and its
+output adapter's ``num_heads``). CAV-MAE's contrastive term (weight 0.01, τ = 0.05 in its
+reference) is off unless ``contrastive_weight`` > 0.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +26,12 @@ class ModelConfig(BaseModel):
     decoder_heads: int = Field(gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
     drop_path: float = Field(0.0, ge=0, lt=1)
+    decoder: Literal["joint", "per_stream"] = "joint"
+    per_stream_width: int = Field(256, gt=0, description="MultiMAE's decoder_dim")
+    per_stream_depth: int = Field(2, ge=0, description="self-attention blocks after the cross-attention")
+    per_stream_heads: int = Field(8, gt=0)
+    contrastive_weight: float = Field(0.0, ge=0, description="CAV-MAE uses 0.01; 0 turns the term off")
+    contrastive_temperature: float = Field(0.05, gt=0)
 
 
 PRESETS: dict[str, ModelConfig] = {

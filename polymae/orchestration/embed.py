@@ -17,11 +17,10 @@ import torch
 from polymae.modalities.base import BadInputError
 from polymae.modalities.registry import make_plugin
 from polymae.orchestration.checkpoint import load_model
-from polymae.pipelines.data import tokenize_views
+from polymae.orchestration.inference import check_streams, evaluation_views, stream_plugin
 from polymae.pipelines.files import discover, view_id
 from polymae.pipelines.scan import write_quarantine
 from polymae.pipelines.spec import SourceSpec
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec
 from polymae.tokenizer.stream import streams_to_columns
 
 
@@ -30,20 +29,16 @@ class Embedder:
 
     def __init__(self, checkpoint: str, stream: str) -> None:
         torch.set_num_threads(1)
-        self.model, spec = load_model(checkpoint)
+        self.model, self.spec = load_model(checkpoint)
         self.stream = stream
-        self.source = spec.source(stream)
-        self.plugin = make_plugin(self.source.modality, self.source.config)
-        # no masking at inference: the encoder sees every token (query tokens stay hidden)
-        self.policy = MaskPolicy({stream: MaskSpec(strategy="random", ratio=0.0)}, spec.seed)
+        self.plugin = stream_plugin(self.spec, stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, paths, streams, reasons = [], [], [], []
         for sid, path in zip(batch["sample_id"], batch["path"], strict=True):
             try:
-                samples = tokenize_views(self.plugin, self.policy, str(path), str(sid), epoch=0, seed=0,
-                                         first=0, count=1 << 30, train=False,  # every view, evaluation crops
-                                         stream=self.stream)
+                # every view, evaluation crops; no masking at inference: the encoder sees every token
+                samples = evaluation_views(self.plugin, str(path), str(sid), self.stream, self.spec.seed)
             except BadInputError as err:
                 reasons.append({"path": str(path), "stage": err.stage, "reason": err.reason})
                 continue
@@ -76,8 +71,7 @@ def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurren
     recording gives a row per clip or window)."""
     _, spec = load_model(checkpoint)
     stream = stream or spec.sources[0].name
-    if stream not in spec.streams:
-        raise ValueError(f"stream {stream!r}: the model has streams {', '.join(spec.streams)}")
+    check_streams(spec, [stream])
     trained = spec.source(stream)
     source = SourceSpec(name=stream, modality=trained.modality, paths=[str(Path(p).resolve()) for p in paths],
                         config=trained.config)
