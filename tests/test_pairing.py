@@ -105,7 +105,7 @@ def test_bad_pairing_specs_name_the_field():
         ({"pairing": {"unmatched": "keep"}}, "pairing.unmatched", "'single', 'drop' or 'quarantine'"),
         ({"sources": [{"modality": "audio", "paths": [str(ROOT / "examples/data/audio")], "frame": "cam"},
                       {"modality": "image", "paths": [str(PHOTOS)]}]},
-         "sources.0.frame", "modality audio has no spatial frame; allowed on: image"),
+         "sources.0.frame", "modality audio has no spatial frame; allowed on: depth, image"),
     ]
     for over, field, message in cases:
         with pytest.raises(SpecError) as info:
