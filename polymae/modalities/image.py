@@ -96,11 +96,7 @@ class ImagePlugin(ModalityPlugin):
     def frame_view(self, array: np.ndarray, rng: np.random.Generator | None) -> FrameView:
         """Random-resized crop + flip in training (rng given), the centre square otherwise."""
         cfg = self.config
-        height, width = array.shape[:2]
-        train = rng is not None and cfg.random_crop
-        view = draw_frame_view(height, width, cfg.crop_scale, cfg.crop_ratio, False, rng if train else None)
-        flip = rng is not None and cfg.hflip and rng.random() < 0.5  # drawn after the box, as torchvision
-        return FrameView(view.top, view.left, view.height, view.width, bool(flip))
+        return draw_frame_view(*array.shape[:2], cfg.crop_scale, cfg.crop_ratio, cfg.hflip, rng, cfg.random_crop)
 
     def view(self, array: np.ndarray, rng: np.random.Generator | None, view: FrameView | None = None) -> np.ndarray:
         """The (S, S, 3) uint8 crop the tokens come from (``view``, or one drawn by :meth:`frame_view`)."""

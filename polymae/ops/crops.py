@@ -66,14 +66,16 @@ class FrameView:
 
 def draw_frame_view(
     height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
-    rng: np.random.Generator | None,
+    rng: np.random.Generator | None, random_crop: bool = True,
 ) -> FrameView:
-    """MAE's training view of a height × width picture — random-resized crop, then a flip with
-    probability ½ when ``hflip`` — or, with ``rng=None``, the evaluation view (centre square)."""
-    if rng is None:
-        return FrameView.of_box(centre_box(height, width), height, width)
-    box = random_resized_crop_box(height, width, scale, ratio, rng)
-    return FrameView.of_box(box, height, width, bool(hflip and rng.random() < 0.5))
+    """MAE's training view of a height × width picture — a random-resized crop (or the centre
+    square without ``random_crop``), then a flip with probability ½ when ``hflip``, in
+    torchvision's draw order — or, with ``rng=None``, the evaluation view (centre square)."""
+    if rng is not None and random_crop:
+        box = random_resized_crop_box(height, width, scale, ratio, rng)
+    else:
+        box = centre_box(height, width)
+    return FrameView.of_box(box, height, width, bool(rng is not None and hflip and rng.random() < 0.5))
 
 
 @dataclass(frozen=True)
