@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from polymae.modalities.base import BadInputError, ModalityPlugin
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec, num_visible, sample_rng
+from polymae.tokenizer import MaskPolicy, MaskSpec, available_strategies, get_strategy, sample_rng
+from polymae.tokenizer.axes import needs_grid
+from polymae.tokenizer.masking import num_visible, without_queries
 from polymae.tokenizer.stream import DTYPES, FIELDS, TokenStream
 
 
@@ -28,6 +30,31 @@ def check_stream(plugin: ModalityPlugin, stream: TokenStream) -> None:
         assert arr.shape[0] == n, f"{name} has {arr.shape[0]} rows, expected {n}"
     assert stream.valid.any(), "no valid token"
     assert np.isfinite(stream.values[stream.valid]).all(), "non-finite token values"
+
+
+def check_axes(plugin: ModalityPlugin, stream: TokenStream) -> None:
+    """One named axis per coords column, carried by the stream; grid coordinates are whole cell
+    indices inside the axis; a plugin that can share a spatial frame has grid y, x axes, one that
+    can be on a clock a grid t axis; every strategy that fits the axes runs."""
+    axes = plugin.axes
+    names = [a.name for a in axes]
+    assert len(axes) == plugin.token_shape[2], f"{len(axes)} axes for {plugin.token_shape[2]} coords columns"
+    assert len(set(names)) == len(names), f"axis names repeat: {names}"
+    assert stream.axes == axes, f"the stream carries axes {stream.axes}, the plugin declares {axes}"
+    for i, axis in enumerate(axes):
+        column = stream.coords[stream.valid, i]
+        if axis.grid:
+            assert np.array_equal(column, np.rint(column)), f"grid axis {axis} has fractional coordinates"
+            assert column.min() >= 0 and column.max() < axis.size, f"grid axis {axis}: coordinates outside 0…size−1"
+    if plugin.has_frame():
+        assert needs_grid("y", "x")(axes) is None, "a plugin with a spatial frame needs grid axes y, x"
+    if plugin.clock_roles():
+        assert needs_grid("t")(axes) is None, "a plugin that can be on a clock needs a grid axis t"
+    for name in available_strategies():
+        strategy, spec = get_strategy(name), MaskSpec(strategy=name, ratio=0.5)
+        if strategy.needs(axes) is None and plugin.check_mask(spec) is None:
+            visible = strategy(without_queries(stream), spec, np.random.default_rng(0))
+            assert not (visible & ~stream.valid).any(), f"strategy {name} made a padding token visible"
 
 
 def check_bad_input(plugin: ModalityPlugin, data: bytes) -> BadInputError:
@@ -72,6 +99,7 @@ def check_plugin(plugin: ModalityPlugin, good: list[bytes], bad: list[bytes]) ->
         for rng in (None, np.random.default_rng(i)):
             stream = plugin.tokenize(array, rng)
             check_stream(plugin, stream)
+            check_axes(plugin, stream)
         check_masks_respect_units(plugin, stream)
         stream.visible = MaskPolicy({})({plugin.name: stream}, np.random.default_rng(i))[plugin.name]
         check_zero_loss_on_perfect_reconstruction(plugin, stream)

@@ -18,7 +18,7 @@ from polymae.modalities import BadInputError
 from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank
 from polymae.ops import patchify, unpatchify
 from polymae.testing import check_plugin
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec
+from polymae.tokenizer import MaskPolicy, MaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "examples" / "data" / "audio"

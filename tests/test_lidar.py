@@ -13,7 +13,8 @@ from polymae.modalities.base import BadInputError
 from polymae.modalities.lidar import BEV, LidarConfig, LidarPlugin, read_scan, voxelize
 from polymae.pipelines.spec import SpecError, parse_spec
 from polymae.testing import check_plugin
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec, num_visible
+from polymae.tokenizer import MaskPolicy, MaskSpec
+from polymae.tokenizer.masking import num_visible
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "lidar"
 KITTI, LAS = DATA / "mrpt_vlp16_scan_kitti_format.bin", DATA / "simple.las"

@@ -24,7 +24,8 @@ from polymae.modalities.points import (
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.models.pos_embed import MLPPosition
 from polymae.testing import check_plugin
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec, num_visible
+from polymae.tokenizer import MaskPolicy, MaskSpec
+from polymae.tokenizer.masking import num_visible
 from polymae.tokenizer.stream import TokenStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +296,8 @@ def test_point_block_masks_a_contiguous_region():
         assert any(nearer), seed
     again = MaskPolicy({"points": spec})({"points": stream}, np.random.default_rng(4))["points"]
     assert np.array_equal(again, visible)
-    padded = TokenStream(values=stream.values, coords=stream.coords, unit=stream.unit, valid=np.arange(64) < 50)
+    padded = TokenStream(values=stream.values, coords=stream.coords, unit=stream.unit, valid=np.arange(64) < 50,
+                         axes=stream.axes)
     visible = MaskPolicy({"points": spec})({"points": padded}, np.random.default_rng(0))["points"]
     assert visible.sum() == num_visible(50, 0.6) and not visible[50:].any()
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from polymae.tokenizer import MaskPolicy, MaskSpec, TokenStream, sample_rng
+from polymae.tokenizer import MaskPolicy, MaskSpec, TokenStream, grid_axis, metric_axis, sample_rng
 from polymae.tokenizer.masking import num_visible
 
 
@@ -10,6 +10,7 @@ def grid_stream(h: int = 14, w: int = 14, units=None) -> TokenStream:
     return TokenStream(
         values=np.zeros((h * w, 3)), coords=np.stack([rows, cols], 1),
         unit=np.arange(h * w) if units is None else units, valid=np.ones(h * w, bool),
+        axes=(grid_axis("y", "px", h), grid_axis("x", "px", w)),
     )
 
 
@@ -94,7 +95,8 @@ def _ring(n: int = 4000, seed: int = 0):
     rng = np.random.default_rng(seed)
     angle, dist = rng.uniform(0, 2 * np.pi, n), rng.uniform(2, 50, n)
     coords = np.stack([dist * np.cos(angle), dist * np.sin(angle), rng.normal(0, 1, n)], axis=1)
-    return TokenStream(np.zeros((n, 3)), coords, np.arange(n), np.ones(n, bool))
+    return TokenStream(np.zeros((n, 3)), coords, np.arange(n), np.ones(n, bool),
+                       axes=(metric_axis("x"), metric_axis("y"), metric_axis("z")))
 
 
 def test_radial_sectors_cover_the_full_circle_and_keep_the_fraction():

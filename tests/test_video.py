@@ -16,7 +16,7 @@ from polymae.models.mae import PolyMAE, loss_mask
 from polymae.models.presets import resolve_model_config
 from polymae.ops import tubeletify, untubeletify
 from polymae.testing import check_plugin
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec, running_cell, sample_rng
+from polymae.tokenizer import MaskPolicy, MaskSpec, get_strategy, sample_rng
 from polymae.tokenizer.stream import streams_to_columns
 
 VIDEOS = Path(__file__).resolve().parents[1] / "examples" / "data" / "video"
@@ -93,7 +93,7 @@ def test_running_cell_matches_videomae_v2():
     spec = MaskSpec(strategy="running_cell", ratio=0.5)
     for seed in range(8):
         start = int(np.random.default_rng(seed).integers(4))
-        kept = running_cell(stream, spec, np.random.default_rng(seed)).reshape(8, 196)
+        kept = get_strategy("running_cell")(stream, spec, np.random.default_rng(seed)).reshape(8, 196)
         assert np.array_equal(~kept, _v2_running_cell(8, 14, 14, start))
         assert (kept.sum(axis=1) == 98).all()  # half of every slice
         assert not np.array_equal(kept[0], kept[1])  # the cell runs one step per slice

@@ -43,6 +43,7 @@ from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import panel_row, patchify, unpatchify, viridis
 from polymae.ops.crops import FrameView, TimeSpan
+from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -134,6 +135,12 @@ class AudioPlugin(ModalityPlugin):
     def grid(self) -> tuple[int, int]:
         """(time, frequency) patches per window: (64, 8)."""
         return self.config.target_length // self.config.patch_size, self.config.num_mel_bins // self.config.patch_size
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Patch steps over the window's seconds, then mel-bin patches."""
+        h, w = self.grid
+        return grid_axis("t", "s", h), grid_axis("f", "mel", w)
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
@@ -257,7 +264,7 @@ class AudioPlugin(ModalityPlugin):
         window[: len(spec)] = spec[: len(window)]
         t, f = np.divmod(np.arange(h * w), w)
         return TokenStream(values=patchify(window[..., None], p), coords=np.stack([t, f], axis=1),
-                           unit=np.arange(h * w), valid=t * p < min(len(spec), len(window)))
+                           unit=np.arange(h * w), valid=t * p < min(len(spec), len(window)), axes=self.axes)
 
     def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
                  view: FrameView | None = None) -> TokenStream:

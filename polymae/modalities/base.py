@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from polymae.ops.crops import FrameView, TimeSpan
+from polymae.tokenizer.axes import Axis
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -135,6 +136,12 @@ class ModalityPlugin(ABC):
 
     @property
     @abstractmethod
+    def axes(self) -> tuple[Axis, ...]:
+        """The coordinate axes, one per ``coords`` column in order (``tokenizer.axes``): names and
+        units that mask strategies and cross-stream policies read. Streams carry them."""
+
+    @property
+    @abstractmethod
     def token_shape(self) -> tuple[int, int, int]:
         """(N tokens, D values per token, C coordinates per token) of every stream."""
 
@@ -183,6 +190,7 @@ class ModalityPlugin(ABC):
             "reference": self.reference,
             "extensions": list(self.extensions),
             "tokens": {"N": n, "D": d, "C": c},
+            "axes": [str(a) for a in self.axes],
             "default_mask": dict(self.default_mask),
             "config": self.config.model_dump(),
         }

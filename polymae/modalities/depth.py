@@ -44,6 +44,7 @@ from torch import nn
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_l1
 from polymae.ops import FrameView, draw_frame_view, panel_row, patchify, unpatchify, viridis
+from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
 
 STANDARDIZE_EPS = 1e-6
@@ -106,6 +107,11 @@ class DepthPlugin(ModalityPlugin):
     def pixels(self) -> int:
         """Pixels per patch, p²: the depth half (and the validity half) of a token's values."""
         return self.config.patch_size**2
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Patch rows and columns, as the image plugin's: an RGB and a depth stream of one frame line up."""
+        return grid_axis("y", "px", self.grid), grid_axis("x", "px", self.grid)
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
@@ -231,6 +237,7 @@ class DepthPlugin(ModalityPlugin):
             coords=np.stack([rows, cols], axis=1),
             unit=np.arange(g * g),
             valid=flags.any(axis=1),
+            axes=self.axes,
         )
 
     # --- model side --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from polymae.ops import (
     patchify,
     unpatchify,
 )
+from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -55,6 +56,11 @@ class ImagePlugin(ModalityPlugin):
     @property
     def grid(self) -> int:
         return self.config.img_size // self.config.patch_size
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Patch rows and columns of the crop (the grid is a fraction of the crop, as depth's)."""
+        return grid_axis("y", "px", self.grid), grid_axis("x", "px", self.grid)
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
@@ -118,6 +124,7 @@ class ImagePlugin(ModalityPlugin):
             coords=np.stack([rows, cols], axis=1),
             unit=np.arange(g * g),
             valid=np.ones(g * g, dtype=bool),
+            axes=self.axes,
         )
 
     def target(self, values: torch.Tensor) -> torch.Tensor:

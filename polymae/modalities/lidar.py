@@ -31,6 +31,7 @@ from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.ops import panel_row, read_open3d, viridis
 from polymae.ops.crops import FrameView
+from polymae.tokenizer.axes import Axis, metric_axis
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
@@ -180,6 +181,11 @@ class LidarPlugin(ModalityPlugin):
     config: LidarConfig
 
     @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Pillar centres in metres, relative to the sensor (radial sectors read their angle)."""
+        return metric_axis("x"), metric_axis("y")
+
+    @property
     def token_shape(self) -> tuple[int, int, int]:
         cfg = self.config
         return cfg.max_voxels + cfg.num_empty, 3 * cfg.max_points_per_voxel + 2, 2
@@ -238,7 +244,7 @@ class LidarPlugin(ModalityPlugin):
         valid = np.zeros(n, bool)
         valid[:v] = True
         valid[cfg.max_voxels : cfg.max_voxels + len(empty)] = True
-        return TokenStream(values, coords, unit, valid)
+        return TokenStream(values, coords, unit, valid, axes=self.axes)
 
     def _empty_cells(self, occupied: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Centres (≤ num_empty, 2) of empty pillars in range: random in training, evenly strided."""

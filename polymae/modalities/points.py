@@ -46,6 +46,7 @@ from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.ops import panel_column, panel_row, read_open3d, viridis
 from polymae.ops.crops import FrameView
+from polymae.tokenizer.axes import Axis, metric_axis
 from polymae.tokenizer.stream import TokenStream
 
 CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
@@ -194,6 +195,11 @@ class PointsPlugin(ModalityPlugin):
     config: PointsConfig
 
     @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Group centres in the cloud's metric frame."""
+        return metric_axis("x"), metric_axis("y"), metric_axis("z")
+
+    @property
     def token_shape(self) -> tuple[int, int, int]:
         return self.config.num_group, self.config.group_size * 3, 3
 
@@ -292,6 +298,7 @@ class PointsPlugin(ModalityPlugin):
             coords=centres.astype(np.float32),
             unit=np.arange(cfg.num_group),
             valid=np.ones(cfg.num_group, dtype=bool),
+            axes=self.axes,
         )
 
     # --- model, loss, render -------------------------------------------------------------------

@@ -33,6 +33,7 @@ from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import GAP, IMAGENET_MEAN, IMAGENET_STD, centre_box, panel_column, panel_row, tubeletify, untubeletify
 from polymae.ops.crops import FrameView, TimeSpan
+from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
 
 
@@ -109,6 +110,12 @@ class VideoPlugin(ModalityPlugin):
     def grid(self) -> tuple[int, int]:
         """(time slices, spatial side) of the token grid."""
         return self.config.num_frames // self.config.tubelet_size, self.config.img_size // self.config.patch_size
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        """Tubelet steps over the clip's seconds, then patch rows and columns."""
+        t, g = self.grid
+        return grid_axis("t", "s", t), grid_axis("y", "px", g), grid_axis("x", "px", g)
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
@@ -227,6 +234,7 @@ class VideoPlugin(ModalityPlugin):
             coords=np.stack([tt.ravel(), yy.ravel(), xx.ravel()], axis=1),
             unit=np.arange(t * g * g),  # one unit per tubelet: `random`; `tube` groups by (y, x)
             valid=np.ones(t * g * g, dtype=bool),
+            axes=self.axes,
         )
 
     def target(self, values: torch.Tensor) -> torch.Tensor:

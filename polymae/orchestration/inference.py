@@ -7,7 +7,7 @@ from polymae.modalities.base import ModalityPlugin
 from polymae.modalities.registry import make_plugin
 from polymae.pipelines.data import tokenize_views
 from polymae.pipelines.spec import PipelineSpec
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec
+from polymae.tokenizer import MaskPolicy, MaskSpec
 from polymae.tokenizer.stream import TokenStream
 
 

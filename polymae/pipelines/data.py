@@ -26,7 +26,8 @@ from polymae.ops.crops import FrameView, TimeSpan
 from polymae.pipelines.files import Sample, view_id
 from polymae.pipelines.scan import read_bytes, samples_per_epoch
 from polymae.pipelines.spec import PipelineSpec
-from polymae.tokenizer.masking import MaskPolicy, MaskSpec, sample_rng
+from polymae.tokenizer import MaskPolicy, MaskSpec, sample_rng
+from polymae.tokenizer.policies import SHARED_AXES
 from polymae.tokenizer.stream import TokenStream, streams_to_columns
 
 log = logging.getLogger(__name__)
@@ -128,19 +129,22 @@ def absent_stream(plugin: ModalityPlugin) -> TokenStream:
 
 def tokenize_batch(
     batch: dict[str, np.ndarray], streams: dict[str, dict], masks: dict[str, dict], seed: int,
-    train: bool = True,
+    train: bool = True, policy: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """map_batches: manifest rows → token-stream columns of every stream in ``streams`` (name →
-    modality, config and frame). A sample that fails here (a file changed since the scan) is
-    dropped from the batch; the scan already quarantined bad files."""
+    modality, config, frame and clock), masked by ``policy`` (``tokenizer.policy``, ``alpha``,
+    ``visible``). A sample that fails here (a file changed since the scan) is dropped from the
+    batch; the scan already quarantined bad files."""
     plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
     shares = {name: {"frame": s.get("frame"), "clock": s.get("clock")} for name, s in streams.items()}
-    policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed)
+    settings = dict(policy or {})
+    mask_policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed,
+                             shared=shared_axes(streams), **settings)
     samples, ids, epochs = [], [], []
     rows = zip(batch["sample_id"], batch["paths"], batch["epoch"], batch["first"], batch["count"], strict=True)
     for sid, paths, epoch, first, count in rows:
         try:
-            views = tokenize_sample(plugins, shares, policy, json.loads(str(paths)), str(sid), int(epoch), seed,
+            views = tokenize_sample(plugins, shares, mask_policy, json.loads(str(paths)), str(sid), int(epoch), seed,
                                     int(first), int(count), train)
         except BadInputError as err:  # passed the scan, fails now: a file changed under us
             log.warning("dropped sample %s (epoch %s) from the stream: %s", sid, epoch, err.reason)
@@ -157,12 +161,23 @@ def tokenize_batch(
     return out
 
 
+def shared_axes(streams: dict[str, dict]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The groups of streams that share axes, in spec order: one per frame (y, x) and clock (t)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, s in streams.items():
+        for kind in SHARED_AXES:
+            if s.get(kind) is not None:
+                groups.setdefault((kind, s[kind]), []).append(name)
+    return [(tuple(names), SHARED_AXES[kind]) for (kind, _), names in groups.items()]
+
+
 def stream_kwargs(spec: PipelineSpec, train: bool = True) -> dict[str, Any]:
     streams = {s.name: {"modality": s.modality, "config": s.config, "frame": s.frame, "clock": s.clock}
                for s in spec.sources}
-    return {"streams": streams,
-            "seed": spec.seed, "train": train,
-            "masks": {m: s.model_dump() for m, s in spec.mask_specs().items()}}
+    tok = spec.tokenizer
+    return {"streams": streams, "seed": spec.seed, "train": train,
+            "masks": {m: s.model_dump() for m, s in spec.mask_specs().items()},
+            "policy": {"policy": tok.policy, "alpha": tok.alpha, "visible": tok.visible}}
 
 
 def token_dataset(spec: PipelineSpec, samples: list[Sample], start: int, count: int) -> ray.data.Dataset:

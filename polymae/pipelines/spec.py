@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from polymae.modalities.registry import available_modalities, get_plugin_class
 from polymae.models.presets import PRESETS, ModelConfig
 from polymae.pipelines.dag import DEFAULT_STAGES, PAIRED_STAGES, check_stages
-from polymae.tokenizer.masking import MaskSpec
+from polymae.tokenizer.axes import describe_axes, needs_grid
+from polymae.tokenizer.masking import MaskSpec, get_strategy, strategy_problem
+from polymae.tokenizer.policies import SHARED_AXES, available_policies
 
 
 class SpecError(ValueError):
@@ -69,7 +71,28 @@ class SourceSpec(_Strict):
 
 
 class TokenizerSpec(_Strict):
+    """Per stream a mask (strategy and ratio), and the policy deciding how many of each stream's
+    tokens stay visible (``tokenizer.policies``)."""
+
     mask: dict[str, MaskSpec] = Field(default_factory=dict, description="per stream name, over its plugin's mask")
+    policy: str = Field("independent", description="independent | budget | aligned")
+    alpha: float | dict[str, float] = Field(1.0, description="budget: Dirichlet α, one or per stream")
+    visible: int | None = Field(None, ge=1, description="budget: visible groups per sample; None: Σ ratios")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in available_policies():
+            raise ValueError(f"unknown mask policy {value!r}; allowed: {', '.join(available_policies())}")
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive_alpha(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v <= 0 for v in values):
+            raise ValueError(f"Dirichlet α must be > 0, got {value}")
+        return value
 
 
 class ModelSpec(_Strict):
@@ -335,6 +358,13 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
         reason = plugin.check_mask(masks[source.name])
         if reason:
             problems.append(f"tokenizer.mask.{source.name} (with sources.{i}.config): {reason}")
+        for key in ("strategy", "decoder_strategy"):
+            name = getattr(masks[source.name], key)
+            reason = name and strategy_problem(name, plugin.axes)
+            if reason:
+                problems.append(f"tokenizer.mask.{source.name}.{key} (stream {source.name}, {source.modality}): "
+                                f"{reason}")
+    problems += _policy_problems(spec, masks)
     if all(masks[s.name].ratio >= 1.0 for s in spec.sources):
         problems.append(f"tokenizer.mask: ratio 1.0 on every stream ({', '.join(spec.streams)}) leaves the "
                         "encoder nothing to see; allowed: 1.0 on some streams, < 1.0 on at least one")
@@ -349,6 +379,39 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
     resolve_paths(spec, Path(base_dir))
     spec.tokenizer.mask = spec.mask_specs()  # the plugins' reference masks made explicit: saved with the run
     return spec
+
+
+def _policy_problems(spec: PipelineSpec, masks: dict[str, MaskSpec]) -> list[str]:
+    """A budget needs strategies that take a count; aligned needs streams sharing a frame or clock."""
+    tok, problems = spec.tokenizer, []
+    if tok.policy != "independent":
+        for name, mask in masks.items():
+            if not get_strategy(mask.strategy).counted:
+                problems.append(f"tokenizer.mask.{name}.strategy = {mask.strategy!r}: its count is fixed by the "
+                                f"ratio, so policy {tok.policy} cannot set it; allowed: independent")
+    if isinstance(tok.alpha, dict):
+        unknown = sorted(set(tok.alpha) - set(spec.streams))
+        if unknown:
+            problems.append(f"tokenizer.alpha: {unknown} not among the stream names; "
+                            f"allowed: {', '.join(spec.streams)}")
+    if tok.policy == "aligned":
+        groups: dict[tuple[str, str], list[SourceSpec]] = {}
+        for source in spec.sources:
+            for kind in SHARED_AXES:
+                if getattr(source, kind) is not None:
+                    groups.setdefault((kind, getattr(source, kind)), []).append(source)
+        if not any(len(members) > 1 for members in groups.values()):
+            problems.append("tokenizer.policy = 'aligned': no two streams share a spatial frame (sources[].frame) "
+                            "or a clock (sources[].clock), so there is nothing to align; allowed: independent, "
+                            "budget")
+        for (kind, _), members in groups.items():
+            for source in members:
+                axes = get_plugin_class(source.modality)(source.config).axes
+                missing = needs_grid(*SHARED_AXES[kind])(axes)
+                if missing and len(members) > 1:
+                    problems.append(f"tokenizer.policy = 'aligned': stream {source.name} shares a {kind} but has no "
+                                    f"{missing} (it has {describe_axes(axes)})")
+    return problems
 
 
 def _pairing_problems(spec: PipelineSpec) -> list[str]:

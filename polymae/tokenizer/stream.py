@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from polymae.tokenizer.axes import Axis, axis_index
+
 FIELDS = ("values", "coords", "unit", "valid", "visible", "decoded")
 DTYPES = {
     "values": np.float32,
@@ -28,13 +30,17 @@ class TokenStream:
 
     Shapes (N tokens, D values per token, C coordinates per token):
         values  (N, D) float32  token contents (flattened patch, tube, point group, ...)
-        coords  (N, C) float32  grid index (t, y, x, group) or metric centre (x, y, z)
+        coords  (N, C) float32  one column per axis of ``axes``: a grid index (t, y, x, group)
+                                or a metric value (x, y, z in metres)
         unit    (N,)   int32    masking unit: tokens sharing a unit are masked together
         valid   (N,)   bool     False for padding
         visible (N,)   bool     set by the mask policy: what the encoder sees
         decoded (N,)   bool     set by the mask policy: what the decoder sees and reconstructs
                                 (VideoMAE V2's decoder mask); default: every valid token.
                                 The loss covers tokens that are decoded, valid and not visible.
+
+    ``axes`` (the plugin's, one per coords column) names the coordinates; it is not a column:
+    every stream of a plugin has the same axes, and the masks are made before batching.
     """
 
     values: np.ndarray
@@ -43,6 +49,7 @@ class TokenStream:
     valid: np.ndarray
     visible: np.ndarray = field(default=None)  # type: ignore[assignment]
     decoded: np.ndarray = field(default=None)  # type: ignore[assignment]
+    axes: tuple[Axis, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.values.shape[0]
@@ -59,6 +66,13 @@ class TokenStream:
     @property
     def num_tokens(self) -> int:
         return int(self.values.shape[0])
+
+    def coord(self, axis: str) -> np.ndarray:
+        """(N,) coordinates along the axis named ``axis``. Raises KeyError if the stream lacks it."""
+        return self.coords[:, axis_index(self.axes, axis)]
+
+    def axis(self, name: str) -> Axis:
+        return self.axes[axis_index(self.axes, name)]
 
 
 def column(modality: str, field_name: str) -> str:
