@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polymae.ops.crops import FrameView, TimeSpan
+from polymae.ops.crops import FrameView, TimeSpan, column_strip
 from polymae.tokenizer.axes import Axis
 from polymae.tokenizer.masking import MaskSpec
 from polymae.tokenizer.stream import TokenStream
@@ -85,6 +85,15 @@ class ModalityPlugin(ABC):
         frame's first stream and hands it to every stream of the frame. None (default): the
         plugin has no spatial frame."""
         return None
+
+    def region(self, array: np.ndarray, start: float, end: float) -> np.ndarray:
+        """The part of a canonical array between ``start`` and ``end`` (fractions of the frame's
+        width), for ``split.region``: training crops only inside (0, 1 − r), evaluation scores
+        (1 − r, 1). Default for frame plugins: columns of an (H, W, ...) array (override if yours
+        is laid out otherwise)."""
+        if not self.has_frame():
+            raise NotImplementedError(f"{self.name} has no spatial frame to hold a region out of")
+        return column_strip(array, start, end)
 
     def tokenize_timed(self, data: bytes, path: str, rng: np.random.Generator | None,
                        ) -> tuple[list[TokenStream], list[TimeSpan]]:

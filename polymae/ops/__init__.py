@@ -6,6 +6,7 @@ from polymae.ops.crops import (
     FrameView,
     TimeSpan,
     centre_box,
+    column_strip,
     draw_frame_view,
     random_resized_crop_box,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "centre_box",
+    "column_strip",
     "draw_frame_view",
     "panel_column",
     "panel_row",

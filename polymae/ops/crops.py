@@ -78,6 +78,14 @@ def draw_frame_view(
     return FrameView.of_box(box, height, width, bool(rng is not None and hflip and rng.random() < 0.5))
 
 
+def column_strip(array: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Columns ``start`` … ``end`` (fractions of the width) of an (H, W, ...) array: the part of a
+    frame that training may crop, or the held-out strip that evaluation scores (``split.region``)."""
+    width = array.shape[1]
+    left, right = round(start * width), round(end * width)
+    return array[:, left : max(right, left + 1)]
+
+
 @dataclass(frozen=True)
 class TimeSpan:
     """The seconds one view covers, ``start`` ≤ t < ``end``: a video clip's, handed to the streams

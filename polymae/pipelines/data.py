@@ -71,6 +71,7 @@ def manifest_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 def tokenize_sample(
     plugins: dict[str, ModalityPlugin], shares: dict[str, dict[str, str | None]], policy: MaskPolicy,
     paths: dict[str, str], sample_id: str, epoch: int, seed: int, first: int, count: int, train: bool = True,
+    region: tuple[float, float] | None = None,
 ) -> list[dict[str, TokenStream]]:
     """Read and decode each file of one sample once, sample its views (augmented with seeded
     generators), keep views ``first … first+count`` and mask each — the same on every worker.
@@ -78,8 +79,9 @@ def tokenize_sample(
     → one ``{stream: TokenStream}`` per view. View k of every stream pairs up. ``shares[stream]``
     holds the stream's ``frame`` and ``clock``: a stream of a spatial frame takes the crop and flip
     that the frame's first stream (in spec order) drew; a stream on a clock takes the seconds of
-    the clock's first stream's views (an audio track the seconds of its video's clips). Raises
-    BadInputError from any of the files.
+    the clock's first stream's views (an audio track the seconds of its video's clips). ``region``
+    (fractions of the width, ``split.region``): every stream sees only that strip of its frame.
+    Raises BadInputError from any of the files.
     """
     names = [n for n in plugins if n in paths]  # spec order: a frame's or clock's first stream draws
     views: dict[str, list[TokenStream]] = {}
@@ -92,11 +94,13 @@ def tokenize_sample(
         purpose = "augment" if len(names) == 1 else f"augment:{name}"
         rng = sample_rng(seed, sample_id, epoch, purpose) if train else None
         data = read_bytes(paths[name], plugin)
-        if frame is not None:
+        if frame is not None or region is not None:
             array = plugin.decode(data, paths[name])
-            if frame not in drawn:
+            if region is not None:
+                array = plugin.region(array, *region)
+            if frame is not None and frame not in drawn:
                 drawn[frame] = plugin.frame_view(array, rng)
-            views[name] = [plugin.tokenize(array, rng, drawn[frame])]
+            views[name] = [plugin.tokenize(array, rng, drawn.get(frame))]
         elif clock is not None and clock in timed:
             views[name] = plugin.tokenize_spans(data, paths[name], timed[clock])
         elif clock is not None:
@@ -129,12 +133,12 @@ def absent_stream(plugin: ModalityPlugin) -> TokenStream:
 
 def tokenize_batch(
     batch: dict[str, np.ndarray], streams: dict[str, dict], masks: dict[str, dict], seed: int,
-    train: bool = True, policy: dict[str, Any] | None = None,
+    train: bool = True, policy: dict[str, Any] | None = None, region: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """map_batches: manifest rows → token-stream columns of every stream in ``streams`` (name →
     modality, config, frame and clock), masked by ``policy`` (``tokenizer.policy``, ``alpha``,
-    ``visible``). A sample that fails here (a file changed since the scan) is dropped from the
-    batch; the scan already quarantined bad files."""
+    ``visible``), cut to ``region`` (``split.region``). A sample that fails here (a file changed
+    since the scan) is dropped from the batch; the scan already quarantined bad files."""
     plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
     shares = {name: {"frame": s.get("frame"), "clock": s.get("clock")} for name, s in streams.items()}
     settings = dict(policy or {})
@@ -145,7 +149,7 @@ def tokenize_batch(
     for sid, paths, epoch, first, count in rows:
         try:
             views = tokenize_sample(plugins, shares, mask_policy, json.loads(str(paths)), str(sid), int(epoch), seed,
-                                    int(first), int(count), train)
+                                    int(first), int(count), train, region)
         except BadInputError as err:  # passed the scan, fails now: a file changed under us
             log.warning("dropped sample %s (epoch %s) from the stream: %s", sid, epoch, err.reason)
             continue
@@ -172,10 +176,13 @@ def shared_axes(streams: dict[str, dict]) -> list[tuple[tuple[str, ...], tuple[s
 
 
 def stream_kwargs(spec: PipelineSpec, train: bool = True) -> dict[str, Any]:
+    """``tokenize_batch``'s settings of a spec: training (augmented views of the training part of
+    each frame) or evaluation (evaluation views of the held-out strip, when ``split.region``)."""
     streams = {s.name: {"modality": s.modality, "config": s.config, "frame": s.frame, "clock": s.clock}
                for s in spec.sources}
-    tok = spec.tokenizer
+    tok, held = spec.tokenizer, spec.split.region
     return {"streams": streams, "seed": spec.seed, "train": train,
+            "region": None if held == 0 else (0.0, 1.0 - held) if train else (1.0 - held, 1.0),
             "masks": {m: s.model_dump() for m, s in spec.mask_specs().items()},
             "policy": {"policy": tok.policy, "alpha": tok.alpha, "visible": tok.visible}}
 

@@ -149,10 +149,13 @@ class TrackingSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Files held out of training; ``evaluate`` (and the eval renders) score them."""
+    """What training never reads and ``evaluate`` (and the eval renders) score: whole files, and/or
+    for a few large frames (an RGB-D scene, a satellite tile) a strip of every frame."""
 
     holdout: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of each stream's files, seeded")
     files: list[str] = Field(default_factory=list, description="files or globs held out (relative to the spec)")
+    region: float = Field(0.0, ge=0.0, le=0.5, description="fraction of every spatial frame's width held out: "
+                          "training never crops its right-hand strip, evaluation scores it")
 
 
 TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {key}, {scene} … of a pairing template
@@ -365,6 +368,12 @@ def parse_spec(data: dict[str, Any], base_dir: Path | str = ".") -> PipelineSpec
                 problems.append(f"tokenizer.mask.{source.name}.{key} (stream {source.name}, {source.modality}): "
                                 f"{reason}")
     problems += _policy_problems(spec, masks)
+    if spec.split.region > 0:
+        flat = [f"{s.name} ({s.modality})" for s in spec.sources if not get_plugin_class(s.modality).has_frame()]
+        if flat:
+            framed = [m for m in available_modalities() if get_plugin_class(m).has_frame()]
+            problems.append(f"split.region = {spec.split.region}: streams {', '.join(flat)} have no spatial frame "
+                            f"to hold a strip out of; allowed with: {', '.join(framed)} (or split by files)")
     if all(masks[s.name].ratio >= 1.0 for s in spec.sources):
         problems.append(f"tokenizer.mask: ratio 1.0 on every stream ({', '.join(spec.streams)}) leaves the "
                         "encoder nothing to see; allowed: 1.0 on some streams, < 1.0 on at least one")
