@@ -12,20 +12,24 @@ from polymae.pipelines.spec import PipelineSpec, SpecError, load_spec
 def _cmd_modalities(args: argparse.Namespace) -> int:
     from polymae.modalities.registry import available_modalities, make_plugin
     from polymae.tokenizer.masking import available_strategies
+    from polymae.tokenizer.policies import available_policies
 
     info = [make_plugin(name).describe() for name in available_modalities()]
     if args.json:
-        print(json.dumps({"modalities": info, "mask_strategies": available_strategies()}, indent=2))
+        print(json.dumps({"modalities": info, "mask_strategies": available_strategies(),
+                          "mask_policies": available_policies()}, indent=2))
         return 0
     for plugin in info:
         tokens = plugin["tokens"]
         print(f"{plugin['name']}  ({plugin['reference']})  tokens N={tokens['N']} D={tokens['D']} "
               f"C={tokens['C']}  extensions: {' '.join(plugin['extensions'])}")
         mask = plugin["default_mask"]
+        print(f"    axes: {', '.join(plugin['axes'])}")
         print(f"    default mask: {', '.join(f'{k}={v}' for k, v in mask.items())}")
         for key, value in plugin["config"].items():
             print(f"    {key} = {value}")
     print(f"mask strategies: {', '.join(available_strategies())}")
+    print(f"mask policies (tokenizer.policy): {', '.join(available_policies())}")
     return 0
 
 

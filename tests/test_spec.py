@@ -68,3 +68,16 @@ def test_cli_rejects_bad_spec_before_starting(tmp_path):
 def test_example_spec_is_valid():
     spec = load_spec(ROOT / "examples/image_mae.yaml")
     assert spec.modalities == ["image"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_valid(path):
+    spec = load_spec(path)
+    assert spec.sources and all(Path(p).exists() for s in spec.sources for p in s.paths)
+
+
+def test_rgbd_example_is_multimae():
+    spec = load_spec(ROOT / "examples/rgbd_mae.yaml")
+    assert [s.modality for s in spec.sources] == ["image", "depth"] and {s.frame for s in spec.sources} == {"cam"}
+    assert spec.tokenizer.policy == "budget" and spec.split.region == 0.25
+    assert [s.kind for s in spec.stages] == ["scan", "pair", "train", "evaluate", "register"]
