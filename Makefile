@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV = $(shell ls -d .tools/uv-*/bin/uv 2>/dev/null | tail -1)
 
-.PHONY: setup lock lock-upgrade demo test test-fast bench lint clean
+.PHONY: setup lock lock-upgrade demo test test-fast learning bench lint clean
 
 # Idempotent and quick when nothing changed: apt packages, uv, `uv sync --locked`, `polymae doctor`.
 setup:
@@ -22,10 +22,14 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 tests -m "not learning"
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests -m "not integration"
+	$(BIN)/python -m pytest -q tests -m "not integration and not learning"
+
+# The examples' full schedules, judged on held-out data (minutes each; results in bench/RESULTS.md).
+learning: setup
+	$(BIN)/python -m pytest -q -s tests -m learning
 
 bench: setup
 	$(BIN)/python bench/mae_step.py

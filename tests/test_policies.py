@@ -163,6 +163,7 @@ def _two_photos(**over) -> dict:
     ({"tokenizer": {"policy": "budget", "alpha": {"rgb": 1.0, "depth": 2.0}}}, "tokenizer.alpha",
      "['depth'] not among the stream names"),
     ({"tokenizer": {"policy": "budget", "alpha": 0}}, "tokenizer.alpha", "must be > 0"),
+    ({"tokenizer": {"visible": 10}}, "tokenizer:", "policy = 'independent'; allowed: set policy: budget"),
 ])
 def test_bad_policy_specs_name_the_field(over, field, message):
     with pytest.raises(SpecError) as info:
@@ -173,7 +174,7 @@ def test_bad_policy_specs_name_the_field(over, field, message):
 @pytest.mark.parametrize("policy", ["budget", "aligned"])
 def test_policies_run_in_the_training_stream(policy):
     """Through ``tokenize_batch`` (what Ray Data runs): one frame, so aligned masks match exactly."""
-    spec = parse_spec(_two_photos(tokenizer={"policy": policy, "visible": 8}))
+    spec = parse_spec(_two_photos(tokenizer={"policy": policy, **({"visible": 8} if policy == "budget" else {})}))
     photos = sorted(PHOTOS.glob("*.jpg"))[:4]
     samples = [Sample(p.stem, {"rgb": str(p), "copy": str(p)}) for p in photos]
     batch = tokenize_batch(manifest_batch(epoch_manifest(samples, spec.seed, 0, 4)), **stream_kwargs(spec))

@@ -398,6 +398,9 @@ def _policy_problems(spec: PipelineSpec, masks: dict[str, MaskSpec]) -> list[str
             if not get_strategy(mask.strategy).counted:
                 problems.append(f"tokenizer.mask.{name}.strategy = {mask.strategy!r}: its count is fixed by the "
                                 f"ratio, so policy {tok.policy} cannot set it; allowed: independent")
+    if tok.policy != "budget" and (tok.visible is not None or tok.alpha != 1.0):
+        problems.append(f"tokenizer: visible and alpha split a budget, but tokenizer.policy = {tok.policy!r}; "
+                        "allowed: set policy: budget, or leave them out")
     if isinstance(tok.alpha, dict):
         unknown = sorted(set(tok.alpha) - set(spec.streams))
         if unknown:
