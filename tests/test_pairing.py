@@ -142,7 +142,35 @@ def test_a_video_and_its_own_audio_track_cover_the_same_seconds():
     assert batch["audio.valid"][0].sum() == (rows + 1) * per_row  # then the padding of the window rule
     train = tokenize_batch(manifest_batch(epoch_manifest([sample], spec.seed, 0, 2)), **stream_kwargs(spec))
     assert not np.allclose(train["audio.values"][0], first)  # a random clip: other seconds of the track
-    with pytest.raises(SpecError, match="sources.0.clock = 'cup': modality audio cannot draw"):
+    with pytest.raises(SpecError, match="sources.0.clock = 'cup': modality image cannot draw"):
         parse_spec({"name": "av", "pairing": {}, "sources": [
-            {"modality": "audio", "paths": [str(cup)], "clock": "cup", "config": {"from_video": True}},
+            {"modality": "image", "paths": [str(PHOTOS)], "clock": "cup"},
             {"modality": "video", "paths": [str(cup)], "clock": "cup"}]})
+
+
+def test_cav_mae_pairing_audio_window_leads_and_frames_fall_inside_it():
+    """Audio listed first on the clock (CAV-MAE): the 10.24 s window leads — opencv_cup's track
+    (8.1 s) is one window — and the video stream's 16 frames are spread evenly over its seconds."""
+    cup = ROOT / "examples/data/video/opencv_cup.mp4"
+    spec = parse_spec({"name": "cav", "seed": 0, "pairing": {}, "sources": [
+        {"name": "audio", "modality": "audio", "paths": [str(cup)], "clock": "cup", "config": {"from_video": True}},
+        {"name": "video", "modality": "video", "paths": [str(cup)], "clock": "cup",
+         "config": {"img_size": 64, "decode_short_side": 73}}]})
+    from polymae.modalities.registry import make_plugin
+
+    audio = make_plugin("audio", spec.source("audio").config)
+    video = make_plugin("video", spec.source("video").config)
+    data = cup.read_bytes()
+    windows, spans = audio.tokenize_timed(data, str(cup), None)
+    assert len(windows) == 1 and spans[0].start == 0.0
+    assert spans[0].end == pytest.approx(217 / 26.777, rel=0.02)  # the track ends with the video
+    clip = video.tokenize_spans(data, str(cup), spans)[0]
+    frames = video.read_clips(data, str(cup), None)  # for the decoded frame size only
+    assert clip.values.shape == video.tokenize(frames[0], None).values.shape
+    reader_frames = np.linspace(0, 216, 16).round().astype(int)
+    direct = video._frames(video._open(data, str(cup)), [reader_frames])[0]
+    assert np.allclose(clip.values, video.tokenize(direct, None).values)  # frames 0, 14, …, 216
+    sample = Sample("opencv_cup", {"audio": str(cup), "video": str(cup)}, 1)
+    batch = tokenize_batch(manifest_batch(epoch_manifest([sample], 0, 0, 1)), **stream_kwargs(spec, False))
+    assert np.allclose(batch["video.values"][0], clip.values) and np.allclose(batch["audio.values"][0],
+                                                                              windows[0].values)

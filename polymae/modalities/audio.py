@@ -276,6 +276,17 @@ class AudioPlugin(ModalityPlugin):
         feats = self.features(self.decode(data, path))
         return [self.window_stream(feats[s : s + self.config.target_length]) for s in self.window_starts(len(feats))]
 
+    def tokenize_timed(self, data: bytes, path: str, rng: np.random.Generator | None,
+                       ) -> tuple[list[TokenStream], list[TimeSpan]]:
+        """As a clock's first stream (CAV-MAE's pairing: list the audio stream first): every window
+        and its seconds (10.24 s at AudioMAE's 1024 frames; up to the end of a shorter recording),
+        so the video stream takes its frames inside each window."""
+        feats = self.features(self.decode(data, path))
+        per_second, length = 1000.0 / self.config.frame_shift, self.config.target_length
+        starts = self.window_starts(len(feats))
+        spans = [TimeSpan(s / per_second, min(s + length, len(feats)) / per_second) for s in starts]
+        return [self.window_stream(feats[s : s + length]) for s in starts], spans
+
     def tokenize_spans(self, data: bytes, path: str, spans: list[TimeSpan]) -> list[TokenStream]:
         """The fbank of each span's seconds (a video clip's), padded to ``target_length`` by the
         window rule (padding invalid); a span longer than the window keeps its first frames."""

@@ -203,6 +203,18 @@ class VideoPlugin(ModalityPlugin):
         clips, spans = self._read(data, path, rng)
         return [self.tokenize(clip, rng) for clip in clips], spans
 
+    def tokenize_spans(self, data: bytes, path: str, spans: list[TimeSpan]) -> list[TokenStream]:
+        """As a clock's follower (CAV-MAE: an audio window leads): ``num_frames`` frames spread
+        evenly over each span's seconds, the evaluation crop (the audio's window is the draw)."""
+        reader = self._open(data, path)
+        fps, count = float(reader.get_avg_fps()) or 30.0, len(reader)
+        clips = []
+        for span in spans:
+            first = min(int(span.start * fps), count - 1)
+            last = max(first, min(count, int(np.ceil(span.end * fps))) - 1)
+            clips.append(np.linspace(first, last, self.config.num_frames).round().astype(int))
+        return [self.tokenize(clip, None) for clip in self._frames(reader, clips)]
+
     # --- tokens -----------------------------------------------------------------------------
     def _crop_box(self, height: int, width: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
         """VideoMAE's multi-scale crop: side lengths from scales of the short side, at most one
