@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from polymae.modalities import get_plugin_class, make_plugin, register_modality, registry
 from polymae.models import PolyMAE
 from polymae.pipelines.data import tokenize_views
 from polymae.pipelines.spec import parse_spec
-from polymae.testing import check_plugin
+from polymae.testing import check_modules, check_plugin, check_samples
 from polymae.tokenizer import MaskPolicy, streams_to_columns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_example_passes_the_kit(plugin_class):
 
 def test_example_in_a_spec_and_a_training_step(plugin_class):
     spec = parse_spec({"name": "signals", "sources": [{"modality": "timeseries", "paths": [str(DATA)]}],
-                       "model": {"preset": "tiny", "overrides": {"depth": 2}}})
+                       "model": {"preset": "tiny", "overrides": {"depth": 1}}})
     masks = spec.mask_specs()
     assert (masks["timeseries"].strategy, masks["timeseries"].ratio) == ("random", 0.4)  # PatchTST's
     plugin = make_plugin("timeseries", spec.sources[0].config)
@@ -57,10 +58,35 @@ def test_example_in_a_spec_and_a_training_step(plugin_class):
     model = PolyMAE({"timeseries": plugin}, spec.model.resolved()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         loss, _, _ = model(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
+
+
+def test_the_kit_catches_what_an_author_gets_wrong(plugin_class):
+    """The example, broken three ways a plugin author might: a sample count that follows the rng,
+    statistics it does not declare, a head that does not fit the target."""
+    class Windows(plugin_class):
+        def tokenize_file(self, data, path, rng):
+            return [self.tokenize(self.decode(data, path), rng)] * (1 if rng is None else 2)
+
+    class Undeclared(plugin_class):
+        def scan_file(self, data, path):
+            return 1, {"sum": 1.0}
+
+    class WrongHead(plugin_class):
+        def build_head(self, width):
+            return nn.Linear(width, 5)
+
+    eeg = (DATA / "eeg.csv").read_bytes()
+    with pytest.raises(AssertionError, match="1 with rng=None, 2 with an rng"):
+        check_samples(Windows(), eeg, "eeg.csv")
+    with pytest.raises(AssertionError, match="statistics"):
+        check_samples(Undeclared(), eeg, "eeg.csv")
+    stream = WrongHead().tokenize(WrongHead().decode(eeg, "eeg.csv"), None)
+    with pytest.raises(AssertionError, match="build_head gives"):
+        check_modules(WrongHead(), stream)
