@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from polymae.modalities.base import BadInputError, ModalityPlugin
+from polymae.ops.crops import TimeSpan
 from polymae.tokenizer import MaskPolicy, MaskSpec, available_strategies, get_strategy, sample_rng
 from polymae.tokenizer.axes import needs_grid
 from polymae.tokenizer.masking import num_visible, without_queries
@@ -55,6 +56,48 @@ def check_axes(plugin: ModalityPlugin, stream: TokenStream) -> None:
         if strategy.needs(axes) is None and plugin.check_mask(spec) is None:
             visible = strategy(without_queries(stream), spec, np.random.default_rng(0))
             assert not (visible & ~stream.valid).any(), f"strategy {name} made a padding token visible"
+
+
+def check_samples(plugin: ModalityPlugin, data: bytes, path: str) -> None:
+    """``rng=None`` views are the same on every call; a file yields as many samples whatever the
+    rng, and that is the count (with the declared statistics) of ``scan_file``."""
+    plain, again = plugin.tokenize_file(data, path, None), plugin.tokenize_file(data, path, None)
+    assert all(np.array_equal(a.values, b.values) and np.array_equal(a.valid, b.valid)
+               for a, b in zip(plain, again, strict=True)), "the rng=None views differ between calls"
+    count, stats = plugin.scan_file(data, path)
+    drawn = len(plugin.tokenize_file(data, path, np.random.default_rng(0)))
+    assert len(plain) == drawn == count, f"samples: {len(plain)} with rng=None, {drawn} with an rng, scan {count}"
+    assert set(stats) == set(plugin.statistics), f"scan_file statistics {sorted(stats)} != {plugin.statistics}"
+
+
+def check_views(plugin: ModalityPlugin, data: bytes, path: str, array: np.ndarray) -> None:
+    """Shared frames and clocks: a drawn frame view tokenizes; a clock's lead gives one span of
+    seconds per view, as many as the scan counts; a follower one view per span (here 0–0.5 s)."""
+    rng, spans, streams = np.random.default_rng(0), [TimeSpan(0.0, 0.5)], []
+    if plugin.has_frame():
+        streams.append(plugin.tokenize(array, rng, plugin.frame_view(array, rng)))
+    if "lead" in plugin.clock_roles():
+        timed, spans = plugin.tokenize_timed(data, path, rng)
+        assert len(timed) == len(spans) == plugin.scan_file(data, path)[0], "tokenize_timed: views ≠ spans ≠ scan"
+        assert all(0 <= s.start < s.end for s in spans), f"spans {spans} are not forward spans of seconds"
+        streams += timed
+    if "follow" in plugin.clock_roles():
+        cut = plugin.tokenize_spans(data, path, spans)
+        assert len(cut) == len(spans), f"tokenize_spans: {len(cut)} views for {len(spans)} spans"
+        streams += cut
+    for stream in streams:
+        check_stream(plugin, stream)
+
+
+def check_modules(plugin: ModalityPlugin, stream: TokenStream, width: int = 192) -> None:
+    """build_embed and build_position give (1, N, width), build_head the target's shape; the loss is finite."""
+    values, coords = torch.as_tensor(stream.values)[None], torch.as_tensor(stream.coords)[None]
+    with torch.no_grad():
+        x, position = plugin.build_embed(width)(values), plugin.build_position(width)(coords)
+        assert x.shape == position.shape == (1, len(values[0]), width), f"embed {x.shape}, position {position.shape}"
+        pred = plugin.build_head(width)(x)
+        assert pred.shape == plugin.target(values).shape, f"build_head gives {tuple(pred.shape)}, not the target's"
+        assert torch.isfinite(plugin.loss(pred, values, torch.as_tensor(stream.valid)[None])), "non-finite loss"
 
 
 def check_bad_input(plugin: ModalityPlugin, data: bytes) -> BadInputError:
@@ -101,6 +144,9 @@ def check_plugin(plugin: ModalityPlugin, good: list[bytes], bad: list[bytes]) ->
             check_stream(plugin, stream)
             check_axes(plugin, stream)
         check_masks_respect_units(plugin, stream)
+        check_samples(plugin, data, f"good-{i}")
+        check_views(plugin, data, f"good-{i}", array)
+        check_modules(plugin, stream)
         stream.visible = MaskPolicy({})({plugin.name: stream}, np.random.default_rng(i))[plugin.name]
         check_zero_loss_on_perfect_reconstruction(plugin, stream)
         picture = plugin.render(stream, plugin.target(torch.as_tensor(stream.values)).numpy())

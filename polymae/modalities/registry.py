@@ -15,7 +15,11 @@ _loading = threading.Lock()
 
 def register_modality(plugin: type[ModalityPlugin]) -> type[ModalityPlugin]:
     """Add a plugin class (usable as a decorator). A name can be registered once, and an
-    installed entry point of the same name counts as registered."""
+    installed entry point of the same name counts as registered.
+
+    This registers in the calling process only: for tests and notebooks. Ray workers find a
+    run's plugins through entry points, so a run needs the plugin's package installed
+    (docs/plugins.md)."""
     _load_entry_point(plugin.name)
     return _add(plugin)
 
