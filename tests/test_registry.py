@@ -43,7 +43,7 @@ def test_third_party_plugin_through_entry_point(tmp_path):
     code = "import json; from polymae.modalities import available_modalities as a; print(json.dumps(a()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": ""})
-    assert json.loads(out.stdout) == ["audio", "depth", "image", "lidar", "points", "thermal", "video"]
+    assert json.loads(out.stdout) == ["audio", "depth", "image", "lidar", "multispectral", "points", "thermal", "video"]
 
 
 def test_cli_lists_modalities_with_defaults():
