@@ -166,7 +166,8 @@ class ModalityPlugin(ABC):
         return SinCosPosition(width, self.token_shape[2])
 
     def build_head(self, width: int) -> nn.Module:
-        """Decoder features (B, N, width) → predicted token values (B, N, D)."""
+        """Decoder features (B, N, width) → predictions (B, N, D′) in the space of :meth:`target`
+        (default D′ = D; depth predicts its p² depths, not the validity half)."""
         return nn.Linear(width, self.token_shape[1])
 
     def target(self, values: torch.Tensor) -> torch.Tensor:

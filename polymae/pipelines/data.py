@@ -128,7 +128,7 @@ def tokenize_views(
 def absent_stream(plugin: ModalityPlugin) -> TokenStream:
     """The stream of a sample that lacks it: no valid token, so never visible and never scored."""
     n, d, c = plugin.token_shape
-    return TokenStream(np.zeros((n, d)), np.zeros((n, c)), np.zeros(n), np.zeros(n, bool))
+    return TokenStream(np.zeros((n, d)), np.zeros((n, c)), np.zeros(n), np.zeros(n, bool), axes=plugin.axes)
 
 
 def tokenize_batch(
