@@ -39,8 +39,7 @@ import torch
 import torchaudio
 from pydantic import Field, model_validator
 
-from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.modalities.base import BadInputError, NormPixPlugin, PluginConfig
 from polymae.ops import panel_row, patchify, unpatchify, viridis
 from polymae.ops.crops import FrameView, TimeSpan
 from polymae.tokenizer.axes import Axis, grid_axis
@@ -117,7 +116,7 @@ def colourize(spec: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return viridis((spec.T[::-1] - lo) / max(hi - lo, 1e-6))
 
 
-class AudioPlugin(ModalityPlugin):
+class AudioPlugin(NormPixPlugin):
     name = "audio"
     Config = AudioConfig
     extensions = AUDIO_EXTENSIONS  # with from_video the instance also lists VIDEO_EXTENSIONS
@@ -160,8 +159,7 @@ class AudioPlugin(ModalityPlugin):
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (S,) float32 mono waveform at ``sample_rate``, S ≤ max_seconds · sample_rate."""
         cfg = self.config
-        if len(data) == 0:
-            raise BadInputError("empty file (0 bytes)")
+        self.check_bytes(data)
         ext = os.path.splitext(path)[1].lower()
         if ext in VIDEO_EXTENSIONS:
             if not cfg.from_video:
@@ -312,17 +310,6 @@ class AudioPlugin(ModalityPlugin):
         return {"mean": float(mean), "std": float(max(np.sqrt(var), STD_FLOOR))}
 
     # --- loss, render --------------------------------------------------------------------------
-    def target(self, values: torch.Tensor) -> torch.Tensor:
-        """Norm-pix target (AudioMAE's default) or the plain normalised fbank."""
-        return norm_pix_target(values.float()) if self.config.norm_pix_loss else values.float()
-
-    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, self.target(values), mask)
-
-    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
-        return undo_norm_pix(pred, values) if self.config.norm_pix_loss else pred
-
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """original | masked input (hidden patches grey) | reconstruction (hidden patches predicted,
         visible ones pasted), each (F, T', 3) with

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops.crops import FrameView, TimeSpan, column_strip
 from polymae.tokenizer.axes import Axis
 from polymae.tokenizer.masking import MaskSpec
@@ -192,6 +193,13 @@ class ModalityPlugin(ABC):
         """Frames (H, W, 3 uint8) of an animation (saved as a GIF), or None: a still is enough."""
         return None
 
+    def check_bytes(self, data: bytes) -> None:
+        """The read-stage refusals every decoder shares: an empty file, one over ``max_file_bytes``."""
+        if len(data) == 0:
+            raise BadInputError("empty file (0 bytes)")
+        if len(data) > self.config.max_file_bytes:
+            raise BadInputError(f"oversized file: {len(data)} bytes > max_file_bytes {self.config.max_file_bytes}")
+
     # --- description ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         n, d, c = self.token_shape
@@ -204,3 +212,25 @@ class ModalityPlugin(ABC):
             "default_mask": dict(self.default_mask),
             "config": self.config.model_dump(),
         }
+
+
+class NormPixPlugin(ModalityPlugin):
+    """A plugin with MAE's norm-pix targets: each hidden token's values normalised by their own
+    mean and variance (``config.norm_pix_loss``; off: the values), masked MSE, and the inverse for
+    renders with the true token's statistics. ``norm_pix_channels``: normalise per channel
+    (VideoMAE's tubelets: 3) instead of over the whole token (None)."""
+
+    norm_pix_channels: ClassVar[int | None] = None
+
+    def _channels(self) -> dict[str, int]:
+        return {} if self.norm_pix_channels is None else {"channels": self.norm_pix_channels}
+
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        return norm_pix_target(values.float(), **self._channels()) if self.config.norm_pix_loss else values.float()
+
+    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mse(pred, self.target(values), mask)
+
+    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
+        return undo_norm_pix(pred, values, **self._channels()) if self.config.norm_pix_loss else pred

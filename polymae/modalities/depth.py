@@ -121,10 +121,7 @@ class DepthPlugin(ModalityPlugin):
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (H, W) float32 depth (or disparity) in the map's unit, NaN where missing."""
         cfg = self.config
-        if len(data) == 0:
-            raise BadInputError("empty file (0 bytes)")
-        if len(data) > cfg.max_file_bytes:
-            raise BadInputError(f"oversized file: {len(data)} bytes > max_file_bytes {cfg.max_file_bytes}")
+        self.check_bytes(data)
         if data.startswith(b"\x93NUMPY"):
             raw, is_float = self._read_npy(data)
         elif data[:2] in (b"Pf", b"PF") and data[2:3] in (b"\n", b"\r", b" "):

@@ -11,12 +11,10 @@ import io
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 
-from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.modalities.base import BadInputError, NormPixPlugin, PluginConfig
 from polymae.ops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -46,7 +44,7 @@ class ImageConfig(PluginConfig):
     norm_pix_loss: bool = True
 
 
-class ImagePlugin(ModalityPlugin):
+class ImagePlugin(NormPixPlugin):
     name = "image"
     Config = ImageConfig
     extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -68,8 +66,7 @@ class ImagePlugin(ModalityPlugin):
 
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (H, W, 3) uint8 RGB, EXIF orientation applied."""
-        if len(data) == 0:
-            raise BadInputError("empty file (0 bytes)")
+        self.check_bytes(data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -127,22 +124,11 @@ class ImagePlugin(ModalityPlugin):
             axes=self.axes,
         )
 
-    def target(self, values: torch.Tensor) -> torch.Tensor:
-        """Norm-pix target (MAE's default) or the plain normalised pixels."""
-        return norm_pix_target(values.float()) if self.config.norm_pix_loss else values.float()
-
-    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, self.target(values), mask)
-
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
         """Token values (N, D) → (S, S, 3) uint8 image."""
         cfg = self.config
         image = unpatchify(values, cfg.patch_size, self.grid, self.grid) * cfg.std + cfg.mean
         return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
-        return undo_norm_pix(pred, values) if self.config.norm_pix_loss else pred
 
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """original | masked input | reconstruction | reconstruction with visible patches pasted."""

@@ -44,14 +44,12 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 from pydantic import Field, model_validator
 from rasterio.io import MemoryFile
 
-from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.base import BadInputError, NormPixPlugin, PluginConfig
 from polymae.modalities.raster import read_group
 from polymae.modalities.sensors import Sensor, canonical_band, get_sensor
-from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
 from polymae.ops import FrameView, panel_column, panel_row, patchify, unpatchify
 from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
@@ -147,7 +145,7 @@ class MultispectralConfig(PluginConfig):
         return self
 
 
-class MultispectralPlugin(ModalityPlugin):
+class MultispectralPlugin(NormPixPlugin):
     name = "multispectral"
     Config = MultispectralConfig
     extensions = (".tif", ".tiff", ".jp2", ".img", ".vrt")
@@ -186,8 +184,7 @@ class MultispectralPlugin(ModalityPlugin):
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (H, W, bands of the group) float32 reflectance, NaN where there is no data."""
         cfg, lay = self.config, self.layout
-        if len(data) > cfg.max_file_bytes:
-            raise BadInputError(f"oversized file: {len(data)} bytes > max_file_bytes {cfg.max_file_bytes}")
+        self.check_bytes(data)
         raw, valid = read_group(data, lay.sensor, lay.group, declared=cfg.bands,
                                 nodata=cfg.nodata if cfg.nodata is not None else lay.sensor.nodata,
                                 resolution_m=lay.resolution_m, min_side=lay.chip_px, max_pixels=cfg.max_pixels)
@@ -292,16 +289,6 @@ class MultispectralPlugin(ModalityPlugin):
         return {"mean": mean, "std": std} if mean else {}
 
     # --- loss, render --------------------------------------------------------------------------
-    def target(self, values: torch.Tensor) -> torch.Tensor:
-        """SatMAE's norm-pix target over a token's p² · bands values, or the z-scores."""
-        return norm_pix_target(values.float()) if self.config.norm_pix_loss else values.float()
-
-    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, self.target(values), mask)
-
-    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return undo_norm_pix(pred, values) if self.config.norm_pix_loss else pred
-
     def composites(self) -> list[tuple[int, int, int]]:
         """Band indexes (into the group) of the true- and false-colour composites the group can
         show, by the sensor's common names; else its first three bands (repeated if fewer)."""

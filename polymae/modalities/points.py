@@ -214,10 +214,7 @@ class PointsPlugin(ModalityPlugin):
     def decode(self, data: bytes, path: str) -> np.ndarray:
         """Bytes → (P, 3) float32 cloud, normalised to the unit sphere (``pc_norm``)."""
         cfg = self.config
-        if len(data) == 0:
-            raise BadInputError("empty file (0 bytes)")
-        if len(data) > cfg.max_file_bytes:
-            raise BadInputError(f"oversized file: {len(data)} bytes > max_file_bytes {cfg.max_file_bytes}")
+        self.check_bytes(data)
         ext = os.path.splitext(path)[1].lower()
         if not ext:
             ext = sniff(data) or ""

@@ -25,12 +25,10 @@ from typing import Literal
 
 import decord
 import numpy as np
-import torch
 from PIL import Image
 from pydantic import Field
 
-from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
-from polymae.models.losses import masked_mse, norm_pix_target, undo_norm_pix
+from polymae.modalities.base import BadInputError, NormPixPlugin, PluginConfig
 from polymae.ops import GAP, IMAGENET_MEAN, IMAGENET_STD, centre_box, panel_column, panel_row, tubeletify, untubeletify
 from polymae.ops.crops import FrameView, TimeSpan
 from polymae.tokenizer.axes import Axis, grid_axis
@@ -98,9 +96,10 @@ def diagnose(data: bytes, path: str, error: str) -> str:
     return f"not a decodable video: {last.split(': ')[-1].strip()[:200]}"
 
 
-class VideoPlugin(ModalityPlugin):
+class VideoPlugin(NormPixPlugin):
     name = "video"
     Config = VideoConfig
+    norm_pix_channels = 3  # VideoMAE normalises each tubelet per colour channel
     extensions = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
     reference = "VideoMAE (Tong et al. 2022), VideoMAE V2 (Wang et al. 2023)"
     default_mask = {"strategy": "tube", "ratio": 0.9}
@@ -125,8 +124,7 @@ class VideoPlugin(ModalityPlugin):
     # --- decoding ---------------------------------------------------------------------------
     def _open(self, data: bytes, path: str) -> decord.VideoReader:
         """A decord reader over the file (from its path when it exists: decord streams it)."""
-        if len(data) == 0:
-            raise BadInputError("empty file (0 bytes)")
+        self.check_bytes(data)
         check_iso_bmff(data)
         source = path if os.path.isfile(path) else io.BytesIO(data)
         try:
@@ -249,17 +247,6 @@ class VideoPlugin(ModalityPlugin):
             axes=self.axes,
         )
 
-    def target(self, values: torch.Tensor) -> torch.Tensor:
-        return norm_pix_target(values.float(), channels=3) if self.config.norm_pix_loss else values.float()
-
-    def loss(self, pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mse(pred, self.target(values), mask)
-
-    def prediction_values(self, pred: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Undo norm-pix with each true token's own statistics (MAE's visualisation)."""
-        return undo_norm_pix(pred, values, channels=3) if self.config.norm_pix_loss else pred
-
-    # --- pictures ---------------------------------------------------------------------------
     def _panels(self, stream: TokenStream, pred: np.ndarray) -> list[np.ndarray]:
         """original, masked input, reconstruction: each (T, S, S, 3) uint8. Tokens the decoder
         did not reconstruct (V2's dropped ones) stay grey in the reconstruction."""
