@@ -82,6 +82,22 @@ def test_absent_stream_scores_zero_through_its_decoder():
 
 
 @pytest.mark.parametrize("decoder", ["joint", "per_stream"])
+@pytest.mark.parametrize("absent", STREAMS)
+def test_stream_parameters_are_exactly_those_an_absent_stream_leaves_at_zero(decoder: str, absent: str):
+    """The trainer drops these gradients when no worker has the stream (train.train_step). With
+    per-stream decoders, decoder a's code for stream b belongs to both streams."""
+    plugin, batch = _two_stream_batch(n=2)
+    for field in ("valid", "visible", "decoded"):
+        batch[f"{absent}.{field}"][:] = False
+    model = _model(plugin, decoder).train()
+    model(batch)[0].backward()
+    zero = {n for n, p in model.named_parameters() if not p.grad.any()}
+    ids = {id(p) for p in model.stream_parameters(absent)}
+    assert zero == {n for n, p in model.named_parameters() if id(p) in ids}
+    assert len(ids) == len(model.stream_parameters(absent))  # no parameter twice
+
+
+@pytest.mark.parametrize("decoder", ["joint", "per_stream"])
 def test_prediction_reads_the_other_streams_visible_tokens(decoder: str):
     """Cross-modal information flows: changing b's visible values changes a's prediction of its
     hidden tokens; changing b's hidden values does not."""

@@ -118,6 +118,20 @@ class PolyMAE(nn.Module):
         embedding one stream's files; the others count as absent)."""
         return [m for m in self.modalities if column(m, "values") in batch]
 
+    def stream_parameters(self, stream: str) -> list[nn.Parameter]:
+        """The parameters only ``stream``'s tokens reach: its embedding, positions, stream codes,
+        head (and with per-stream decoders its decoder and every decoder's code for it). A batch
+        without a valid token of the stream gives each of them an exactly zero gradient."""
+        modules: list[nn.Module] = [self.embed[stream], self.position[stream], self.decoder_position[stream],
+                                    self.heads[stream]]
+        params = [self.modality_embed[stream]]
+        if self.cfg.decoder == "joint":
+            params.append(self.decoder_modality_embed[stream])
+        else:
+            modules.append(self.decoders[stream])
+            params += [d.stream_embed[stream] for m, d in self.decoders.items() if m != stream]
+        return params + [p for module in modules for p in module.parameters()]
+
     def _cat(self, batch: Batch, field: str) -> torch.Tensor:
         return torch.cat([batch[column(m, field)] for m in self.streams_in(batch)], dim=1)
 

@@ -32,10 +32,18 @@ from polymae.orchestration.checkpoint import (
 from polymae.orchestration.precision import autocast, autocast_dtype
 from polymae.orchestration.tracking import MetricLogger
 from polymae.pipelines.spec import PipelineSpec, TrainSpec
+from polymae.tokenizer.stream import column
 
 # Ray Train routes worker logging to the driver's console once; a plain print would be teed
 # there twice (its print patch also writes to the wrapped stdout).
 log = logging.getLogger(__name__)
+
+# What prepare_model passes to DistributedDataParallel (it adds device_ids on a GPU). No
+# find_unused_parameters: every parameter takes part in every step, because a stream a worker's
+# batch lacks is still in it as an absent stream (data.absent_stream: no valid token) and runs
+# through its embedding and head with zero weight (PolyMAE.forward_loss), so each rank's reducer
+# hears from every parameter and no all-reduce waits on a rank that skipped one.
+DDP_KWARGS: dict[str, Any] = {}
 
 
 def learning_rate(step: int, train: TrainSpec) -> float:
@@ -52,6 +60,44 @@ def make_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Opti
     kernel (CPU and CUDA) is ~5× faster than the per-tensor loop on a ViT-B's 111 M parameters."""
     groups = param_groups_weight_decay(model, train.weight_decay)
     return torch.optim.AdamW(groups, lr=train.learning_rate, betas=train.betas, fused=True)
+
+
+def absent_streams(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+    """The model's streams with no valid token in this step's batch on any worker (one small
+    all-reduce when there are several)."""
+    module = getattr(model, "module", model)
+    names = module.modalities
+    device = next(module.parameters()).device
+    present = torch.stack([batch[column(m, "valid")].any() if column(m, "valid") in batch
+                           else torch.tensor(False, device=device) for m in names]).to(device, torch.int32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(present, op=torch.distributed.ReduceOp.MAX)
+    return [m for m, p in zip(names, present.tolist(), strict=True) if not p]
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               device: torch.device, dtype: torch.dtype | None, step: int = 0,
+               sample_ids: Any = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Optimizer step ``step`` (from 1) on this worker's batch (under DDP: gradients averaged over
+    workers). → (loss, per-stream losses). A non-finite loss raises FloatingPointError naming the
+    samples."""
+    with autocast(device, dtype):
+        loss, losses, _ = model(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} "
+                                 f"({', '.join(f'{m} {v.item():.4g}' for m, v in losses.items())}); samples: "
+                                 f"{', '.join(map(str, sample_ids))}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # A stream no worker's batch has got exactly zero gradients (it took part with zero weight,
+    # for DDP's sake); AdamW would still decay its weights and move them on old momentum. Without
+    # a gradient the optimizer leaves its parameters alone, as if the stream had not been there.
+    module = getattr(model, "module", model)
+    for stream in absent_streams(model, batch):
+        for p in module.stream_parameters(stream):
+            p.grad = None
+    optimizer.step()
+    return loss, losses
 
 
 def _report(step: int, metrics: dict[str, float], model: torch.nn.Module,
@@ -85,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             folder = on_disk
         if folder:
             step = load_weights(folder, model)
-        model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=DDP_KWARGS)  # device, DDP
         optimizer = make_optimizer(model, train)  # after the move: its state follows the parameters
         if folder:
             load_optimizer_state(folder, optimizer)
@@ -124,15 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: torch.as_tensor(v).to(device) for k, v in numpy_batch.items() if "." in k}  # token columns
-        with autocast(device, dtype):
-            loss, losses, _ = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} "
-                                     f"({', '.join(f'{m} {v.item():.4g}' for m, v in losses.items())}); samples: "
-                                     f"{', '.join(map(str, numpy_batch['sample_id']))}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, losses = train_step(model, optimizer, batch, device, dtype, step + 1, numpy_batch["sample_id"])
         step += 1
         seen += per_worker * world
         if step % train.log_every == 0 or step == train.steps:
