@@ -81,3 +81,20 @@ def test_rgbd_example_is_multimae():
     assert [s.modality for s in spec.sources] == ["image", "depth"] and {s.frame for s in spec.sources} == {"cam"}
     assert spec.tokenizer.policy == "budget" and spec.split.region == 0.25
     assert [s.kind for s in spec.stages] == ["scan", "pair", "train", "evaluate", "register"]
+
+
+def test_depth_example_spec_is_valid_with_the_plugins_multimae_defaults():
+    from polymae.modalities import make_plugin
+    from polymae.modalities.depth import DepthConfig
+    from polymae.pipelines.files import discover
+
+    spec = load_spec(ROOT / "examples/depth_mae.yaml")
+    assert spec.modalities == ["depth"] and list(spec.streams) == ["depth"] and spec.pairing is None
+    source = spec.sources[0]
+    assert source.paths == [str(ROOT / "examples/data/rgbd/depth")]
+    config = DepthConfig(**source.config)
+    assert config == DepthConfig()  # MultiMAE's depth settings: the plugin's defaults, nothing changed
+    mask = spec.mask_specs()["depth"]
+    assert (mask.strategy, mask.ratio) == ("random", 0.75)
+    files = discover(source, make_plugin("depth").extensions)
+    assert sorted(Path(f.path).name for f in files) == ["kinect_0001.png", "motorcycle.png"]
