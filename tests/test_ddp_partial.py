@@ -1,12 +1,15 @@
 """Partial samples under DDP: two real torch.distributed processes (gloo, CPU) train one rgb +
 depth model where the workers' batches hold different streams, through the trainer's own pieces
-(build_model, DistributedDataParallel with the kwargs train.py gives prepare_model,
-make_optimizer, train_step). No Ray: the batches are tokenized here, as a Ray Data task would."""
+(build_model, DistributedDataParallel with the kwargs train.py gives prepare_model, and
+orchestration/step.py's make_optimizer and train_step). No Ray: the batches are tokenized here,
+as a Ray Data task would, and the workers import neither Ray nor MLflow."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +22,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from polymae.orchestration.checkpoint import build_model
-from polymae.orchestration.train import DDP_KWARGS, make_optimizer, train_step
-from polymae.pipelines.data import manifest_batch, stream_kwargs, tokenize_batch
+from polymae.orchestration.step import DDP_KWARGS, make_optimizer, train_step
 from polymae.pipelines.spec import PipelineSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,8 @@ def _spec() -> PipelineSpec:
 def _batch(spec: PipelineSpec, streams: tuple[str, ...], epoch: int) -> dict[str, np.ndarray]:
     """One worker's batch: both scenes with only ``streams`` (the others absent, as a sample
     that lacks them)."""
+    from polymae.pipelines.data import manifest_batch, stream_kwargs, tokenize_batch  # Ray: not in the workers
+
     files = {"rgb": RGBD / "rgb", "depth": RGBD / "depth"}
     rows = [{"sample_id": f"{'+'.join(streams)}:{stem}",
              "paths": json.dumps({s: str(files[s] / f"{stem}.png") for s in streams}, sort_keys=True),
@@ -129,6 +133,9 @@ def _worker(rank: int, init: str, spec_data: dict, batches: list[list[dict]], ou
         Path(out, f"rank{rank}.json").write_text(json.dumps(log))
     finally:
         dist.destroy_process_group()
+    # done: skip the interpreter's teardown of torch, Ray and MLflow (seconds, a minute on a busy machine)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def test_partial_samples_train_on_two_ddp_workers(tmp_path):
@@ -136,15 +143,20 @@ def test_partial_samples_train_on_two_ddp_workers(tmp_path):
     batches = [[_batch(spec, streams[rank], epoch) for epoch, streams in enumerate(STEPS)] for rank in range(WORLD)]
     ctx = mp.spawn(_worker, args=(f"file://{tmp_path / 'pg'}", spec.model_dump(mode="json"), batches, str(tmp_path)),
                    nprocs=WORLD, join=False)
-    deadline, started = time.monotonic() + START_S, False
+    # phases: import and join the process group, the steps (where a DDP hang would show), exit
+    phases = [("ready", START_S, "the processes did not join a process group"),
+              ("rank", TIMEOUT_S, f"DDP did not finish {len(STEPS)} steps (a hang)"),
+              (None, START_S, "the processes did not exit")]
+    deadline = time.monotonic() + phases[0][1]
     while not ctx.join(timeout=1):
-        if not started and all((tmp_path / f"ready{r}").exists() for r in range(WORLD)):
-            deadline, started = time.monotonic() + TIMEOUT_S, True
-        if time.monotonic() > deadline:
+        marker, _, what = phases[0]
+        if marker and all(tmp_path.glob(f"{marker}{r}*") for r in range(WORLD)):
+            phases.pop(0)
+            deadline = time.monotonic() + phases[0][1]
+        elif time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail(f"DDP did not finish {len(STEPS)} steps in {TIMEOUT_S} s (a hang)" if started
-                        else f"the processes did not join a process group in {START_S} s")
+            pytest.fail(f"{what} in {phases[0][1]} s")
     logs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     for step, (streams, *per_rank) in enumerate(zip(STEPS, *logs, strict=True)):
         for rank, entry in enumerate(per_rank):
