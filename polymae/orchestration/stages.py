@@ -190,8 +190,10 @@ class PairStage(Stage):
         spec = ctx.spec
         folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
-        clocks = [s.clock for s in spec.sources]
-        followers = tuple(s.name for i, s in enumerate(spec.sources) if s.clock and s.clock in clocks[:i])
+        clocks, frames = [s.clock for s in spec.sources], [s.frame for s in spec.sources]
+        # a clock's or frame's first stream draws the views, so its count is the sample's
+        followers = tuple(s.name for i, s in enumerate(spec.sources)
+                          if (s.clock and s.clock in clocks[:i]) or (s.frame and s.frame in frames[:i]))
         paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
                       spec.pairing or PairingSpec(), folder, followers)
         record = {"good": [vars(f) for f in paired.good], "quarantine": paired.quarantine, "skipped": paired.skipped,

@@ -80,8 +80,8 @@ _OUT = ("kind", "key", "stream", "path", "reason", "paths", "num_samples")
 def join_group(group: dict[str, np.ndarray], streams: list[str], unmatched: str,
                followers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Ray Data ``map_groups``: the files of one key → rows of ``kind`` sample / skip / quarantine.
-    ``followers``: streams on a clock, whose views are cut at the first stream's spans (their own
-    count does not limit the sample's)."""
+    ``followers``: streams after the first on a clock or a frame, whose views are cut at the first
+    stream's spans or chips (their own count does not limit the sample's)."""
     rows: list[tuple] = []
     key = str(group["key"][0])
     order = np.argsort(group["sample_id"].astype(str), kind="stable")
