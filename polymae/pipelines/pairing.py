@@ -74,6 +74,19 @@ def file_key(f: SampleFile, pairing: dict[str, Any], manifest: dict[str, tuple[s
     return "/".join(match.groups()), ""
 
 
+def view_followers(sources: list[Any]) -> tuple[str, ...]:
+    """The streams after the first on a clock or a frame: the first draws the views (clips, chips)
+    that the others are cut at, so its count is the sample's."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for s in sources:
+        shared = [(kind, v) for kind, v in (("clock", s.clock), ("frame", s.frame)) if v]
+        if any(k in seen for k in shared):
+            out.append(s.name)
+        seen.update(shared)
+    return tuple(out)
+
+
 _OUT = ("kind", "key", "stream", "path", "reason", "paths", "num_samples")
 
 
