@@ -163,11 +163,13 @@ def log_counts(ctx: RunContext, data: ScanResult) -> None:
             client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
     print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
           f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}) + {counts['skipped']} skipped; "
-          f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch")
+          f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch; "
+          f"{counts['views_skipped']} views skipped")
     if len(data.streams) > 1:
         for name, c in data.counts_by_stream.items():
             print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
-                  f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples")
+                  f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples; "
+                  f"{c['views_skipped']} views skipped")
     for row in data.quarantine:
         print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
     for row in data.skipped:
