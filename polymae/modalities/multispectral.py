@@ -24,6 +24,12 @@ horizontal flip with p = ½; SatMAE's random-resized crop would resample, so it 
 evaluation, the valid position nearest the scene centre. A view drawn by another plugin of the
 frame is sampled nearest-neighbour to the chip.
 
+Chips of a scene (:meth:`frame_views`, what the pipeline and :meth:`tokenize_file` use): the scene
+is tiled every ``chip_stride`` (:mod:`~polymae.modalities.chips`); tiles with fewer than
+``min_valid_chip`` valid pixels are skipped and counted (``views_skipped`` from :meth:`scan_file`).
+Evaluation takes the kept tiles in order; training as many chips, each at a random valid position
+and flipped with p = ½, so the count never depends on the rng.
+
 Normalisation, the convention saved with a run: per-band z-score of reflectance,
 ``(ρ − mean_b) / std_b``, with the dataset's mean/std over valid pixels (``scan_file`` sums,
 ``with_statistics``), else the sensor's reference statistics (SatMAE's fMoW-Sentinel for
