@@ -37,6 +37,9 @@ class BadInputError(Exception):
         self.stage = stage
 
 
+VIEWS_SKIPPED = "views_skipped"  # the key of scan_file's statistics that counts views left out
+
+
 class PluginConfig(BaseModel):
     """Settings every plugin has; plugins subclass it with their own (reference) defaults."""
 
@@ -87,6 +90,16 @@ class ModalityPlugin(ABC):
         plugin has no spatial frame."""
         return None
 
+    def frame_views(self, array: np.ndarray, rng: np.random.Generator | None) -> list[FrameView]:
+        """Every view of one frame, in a fixed order (a scene's chips): the pipeline draws the list
+        with the frame's first stream and tokenizes each view in every stream of the frame (view k
+        of each pairs up). Their number must not depend on ``rng`` and equals the count of
+        :meth:`scan_file` (called with the same ``region``). Default: one view, :meth:`frame_view`."""
+        view = self.frame_view(array, rng)
+        if view is None:
+            raise NotImplementedError(f"{self.name} has no spatial frame to draw views of")
+        return [view]
+
     def region(self, array: np.ndarray, start: float, end: float) -> np.ndarray:
         """The part of a canonical array between ``start`` and ``end`` (fractions of the frame's
         width), for ``split.region``: training crops only inside (0, 1 − r), evaluation scores
@@ -127,11 +140,22 @@ class ModalityPlugin(ABC):
         and the training stream relies on that count."""
         return [self.tokenize(self.decode(data, path), rng)]
 
-    def scan_file(self, data: bytes, path: str) -> tuple[int, dict[str, float]]:
+    def scan_file(self, data: bytes, path: str, region: tuple[float, float] | None = None,
+                  ) -> tuple[int, dict[str, float]]:
         """Check a file end to end (raises BadInputError) → (samples it yields, statistics).
 
         Statistics are additive numbers (sums, counts) that the scan totals over all good files
-        with a Ray Data aggregation and hands to :meth:`with_statistics`. Default: none."""
+        with a Ray Data aggregation and hands to :meth:`with_statistics`. Default: none. Besides
+        them a plugin may report ``VIEWS_SKIPPED``: views of the file it leaves out (chips over
+        the no-data threshold); the scan keeps that number per file and the run's counts total it
+        (``data/views_skipped``, ``data/<stream>/views_skipped``).
+
+        ``region`` (only for plugins with a spatial frame, under ``split.region``): the part of the
+        frame that training reads; the count is of the views of that part (:meth:`frame_views` of
+        :meth:`region`), the number the training stream emits. Default: one view per frame plugin
+        (``frame_views``), else ``tokenize_file``'s."""
+        if region is not None:
+            return len(self.frame_views(self.region(self.decode(data, path), *region), None)), {}
         return len(self.tokenize_file(data, path, None)), {}
 
     def with_statistics(self, totals: dict[str, float]) -> dict[str, Any]:

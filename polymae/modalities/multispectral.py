@@ -24,6 +24,12 @@ horizontal flip with p = ½; SatMAE's random-resized crop would resample, so it 
 evaluation, the valid position nearest the scene centre. A view drawn by another plugin of the
 frame is sampled nearest-neighbour to the chip.
 
+Chips of a scene (:meth:`frame_views`, what the pipeline and :meth:`tokenize_file` use): the scene
+is tiled every ``chip_stride`` (:mod:`~polymae.modalities.chips`); tiles with fewer than
+``min_valid_chip`` valid pixels are skipped and counted (``views_skipped`` from :meth:`scan_file`).
+Evaluation takes the kept tiles in order; training as many chips, each at a random valid position
+and flipped with p = ½, so the count never depends on the rng.
+
 Normalisation, the convention saved with a run: per-band z-score of reflectance,
 ``(ρ − mean_b) / std_b``, with the dataset's mean/std over valid pixels (``scan_file`` sums,
 ``with_statistics``), else the sensor's reference statistics (SatMAE's fMoW-Sentinel for
@@ -39,7 +45,7 @@ Loss: MSE on SatMAE's norm-pix targets of the hidden valid tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,22 +53,16 @@ import rasterio
 from pydantic import Field, model_validator
 from rasterio.io import MemoryFile
 
-from polymae.modalities.base import BadInputError, NormPixPlugin, PluginConfig
+from polymae.modalities.base import VIEWS_SKIPPED, BadInputError, NormPixPlugin, PluginConfig
+from polymae.modalities.chips import ChipGrid, chip_grid, tile_positions
+from polymae.modalities.ms_render import composites, render_chip
 from polymae.modalities.raster import read_group
 from polymae.modalities.sensors import Sensor, canonical_band, get_sensor
-from polymae.ops import FrameView, panel_column, panel_row, patchify, unpatchify
+from polymae.ops import FrameView, patchify
 from polymae.tokenizer.axes import Axis, grid_axis
 from polymae.tokenizer.stream import TokenStream
 
 STD_FLOOR = 1e-4  # reflectance: a constant band has std 0; floor it so the z-score stays finite
-RENDER_SIDE = 192  # px a render panel is scaled up to (at least), so 10 m and 20 m panels match
-HIDDEN_GREY, NO_DATA = 128, 0
-# Composites by STAC common name; the first band name present of each tuple is used.
-COMPOSITES = (
-    (("red",), ("green",), ("blue",)),  # true colour
-    (("nir", "nir08"), ("red",), ("green",)),  # false colour, NIR
-    (("swir22",), ("swir16",), ("nir08", "nir")),  # false colour, SWIR
-)
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,17 @@ class Layout:
     reference_m: float  # pixel size chip_size and patch_size count in
     chip_px: int
     patch_px: int
+    stride_px: int  # between tiles of a scene
 
     @property
     def grid(self) -> int:
         return self.chip_px // self.patch_px
+
+    @property
+    def step(self) -> int:
+        """Token cells between tiles."""
+        return self.stride_px // self.patch_px
+
 
 
 def _whole(x: float) -> int | None:
@@ -112,7 +119,11 @@ def resolve_layout(cfg: MultispectralConfig) -> Layout:
     if chip is None or patch is None or chip % patch:
         raise ValueError(f"chip_size {cfg.chip_size} and patch_size {cfg.patch_size} px at {reference:g} m are "
                          f"not whole pixels (or a whole number of patches) at the group's {resolution:g} m")
-    return Layout(sensor, group, float(resolution), float(reference), chip, patch)
+    stride = cfg.chip_stride or cfg.chip_size
+    if stride % cfg.patch_size:
+        raise ValueError(f"chip_stride {stride} is not a multiple of patch_size {cfg.patch_size}: tiles sit on the "
+                         "token grid, so every group's tiles cut the same ground")
+    return Layout(sensor, group, float(resolution), float(reference), chip, patch, stride * patch // cfg.patch_size)
 
 
 class MultispectralConfig(PluginConfig):
@@ -123,6 +134,8 @@ class MultispectralConfig(PluginConfig):
     group: str | tuple[str, ...] | None = Field(
         None, description="a group of the sensor or band names: this stream's bands (None: the sensor's first group)")
     chip_size: int = Field(96, gt=0, description="chip side in pixels at reference_m")
+    chip_stride: int | None = Field(None, gt=0, description="pixels at reference_m between the tiles of a scene, "
+                                    "a multiple of patch_size (None: chip_size, every pixel in one tile)")
     patch_size: int = Field(8, gt=0, description="patch side in pixels at reference_m")
     reference_m: float | None = Field(None, gt=0, description="the pixel size chip_size and patch_size count "
                                       "(None: the finest band of the sensor's groups)")
@@ -131,7 +144,8 @@ class MultispectralConfig(PluginConfig):
     scale: float | None = Field(None, gt=0, description="DN → reflectance scale (None: the sensor's)")
     offset: float | None = Field(None, description="DN → reflectance offset (None: the sensor's)")
     min_valid_token: float = Field(0.5, gt=0, le=1, description="a token with fewer valid pixels is invalid")
-    min_valid_chip: float = Field(0.5, ge=0, le=1, description="chips with fewer valid pixels are never drawn")
+    min_valid_chip: float = Field(0.5, ge=0, le=1, description="chips with fewer valid pixels are skipped "
+                                  "(counted as views_skipped) and never drawn")
     random_chip: bool = Field(True, description="random chip position in training; else the central one")
     hflip: bool = Field(True, description="SatMAE's RandomHorizontalFlip in training")
     mean: dict[str, float] | None = Field(None, description="dataset reflectance mean per band (from the scan)")
@@ -198,33 +212,61 @@ class MultispectralPlugin(NormPixPlugin):
         return np.where(valid, reflectance, np.nan).astype(np.float32).transpose(1, 2, 0)
 
     # --- chips and tokens ----------------------------------------------------------------------
-    def frame_view(self, array: np.ndarray, rng: np.random.Generator | None) -> FrameView:
-        """A chip on the scene's token grid (fractions of the scene), among the positions whose
-        chip has ≥ ``min_valid_chip`` valid pixels: uniform in training, nearest the centre in
-        evaluation (``rng=None``); then the flip. Raises BadInputError when no position qualifies."""
-        cfg, lay = self.config, self.layout
+    def chips(self, array: np.ndarray) -> ChipGrid:
+        """The scene's chip positions and their valid fractions. Raises BadInputError when the
+        scene is smaller than a chip."""
+        lay = self.layout
         height, width = array.shape[:2]
-        p, k = lay.patch_px, lay.grid
         if min(height, width) < lay.chip_px:
             raise BadInputError(f"frame of {width}x{height} px is smaller than a chip ({lay.chip_px} px)")
-        rows, cols = height // p, width // p
-        cells = np.isfinite(array[: rows * p, : cols * p]).all(axis=2)
-        cells = cells.reshape(rows, p, cols, p).sum(axis=(1, 3))  # valid pixels per token cell
-        total = np.pad(cells.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        chips = total[k:, k:] - total[:-k, k:] - total[k:, :-k] + total[:-k, :-k]  # (rows−k+1, cols−k+1)
-        fraction = chips / float(lay.chip_px**2)
-        ok = np.argwhere(fraction >= max(cfg.min_valid_chip, 1e-12))
+        return chip_grid(array, lay.patch_px, lay.grid)
+
+    def _usable(self, grid: ChipGrid) -> np.ndarray:
+        ok = grid.ok(self.config.min_valid_chip)
         if len(ok) == 0:
-            raise BadInputError(f"no chip of {lay.chip_px} px has ≥ {cfg.min_valid_chip:.0%} valid pixels "
-                                f"(best {fraction.max():.1%})")
+            raise BadInputError(f"no chip of {self.layout.chip_px} px has ≥ {self.config.min_valid_chip:.0%} valid "
+                                f"pixels (best {grid.fraction.max():.1%})")
+        return ok
+
+    def frame_view(self, array: np.ndarray, rng: np.random.Generator | None) -> FrameView:
+        """One chip on the scene's token grid (fractions of the scene), among the positions whose
+        chip has ≥ ``min_valid_chip`` valid pixels: uniform in training, nearest the centre in
+        evaluation (``rng=None``); then the flip. Raises BadInputError when no position qualifies."""
+        cfg, grid = self.config, self.chips(array)
+        ok = self._usable(grid)
         if rng is not None and cfg.random_chip:
             top, left = ok[rng.integers(len(ok))]
         else:
-            centre = np.array([(rows - k) / 2, (cols - k) / 2])
+            rows, cols = grid.fraction.shape
+            centre = np.array([(rows - 1) / 2, (cols - 1) / 2])
             top, left = ok[np.argmin(((ok - centre) ** 2).sum(axis=1))]
-        flip = bool(rng is not None and cfg.hflip and rng.random() < 0.5)
-        c = lay.chip_px
-        return FrameView(float(top * p / height), float(left * p / width), c / height, c / width, flip)
+        return grid.view(int(top), int(left), bool(rng is not None and cfg.hflip and rng.random() < 0.5))
+
+    def tiles(self, array: np.ndarray) -> tuple[list[FrameView], int]:
+        """(the tiles of the scene every ``chip_stride`` that have ≥ ``min_valid_chip`` valid pixels,
+        row-major; the number of tiles skipped for having fewer). Raises BadInputError when no
+        chip position of the scene has that many."""
+        grid = self.chips(array)
+        self._usable(grid)
+        tiles = tile_positions(grid, self.layout.step)
+        kept = grid.fraction[tiles[:, 0], tiles[:, 1]] >= max(self.config.min_valid_chip, 1e-12)
+        return [grid.view(int(r), int(c)) for r, c in tiles[kept]], int((~kept).sum())
+
+    def frame_views(self, array: np.ndarray, rng: np.random.Generator | None) -> list[FrameView]:
+        """The scene's chips, as many as it has kept tiles (:meth:`tiles`, whatever the rng). In
+        evaluation (``rng=None``) the kept tiles in order; in training each view is a chip drawn
+        uniformly over every position with ≥ ``min_valid_chip`` valid pixels, then flipped with p = ½
+        (SatMAE's random crops and flips; without ``random_chip`` the kept tiles, flipped)."""
+        cfg, tiles = self.config, self.tiles(array)[0]
+        if rng is None:
+            return tiles
+        if cfg.random_chip:
+            grid = self.chips(array)
+            ok = self._usable(grid)
+            picks = ok[rng.integers(len(ok), size=len(tiles))]
+            tiles = [grid.view(int(r), int(c)) for r, c in picks]
+        flips = rng.random(len(tiles)) < 0.5 if cfg.hflip else np.zeros(len(tiles), bool)
+        return [replace(v, hflip=bool(f)) for v, f in zip(tiles, flips, strict=True)]
 
     def chip(self, array: np.ndarray, view: FrameView) -> np.ndarray:
         """The (c, c, bands) chip of a view, NaN where there is no data: its box, nearest-neighbour
@@ -266,16 +308,28 @@ class MultispectralPlugin(NormPixPlugin):
         return TokenStream(values=patchify(z, lay.patch_px), coords=np.stack([rows, cols], axis=1),
                            unit=np.arange(g * g), valid=valid, axes=self.axes)
 
-    def scan_file(self, data: bytes, path: str) -> tuple[int, dict[str, float]]:
-        """(1 sample: the evaluation chip must tokenize, sums over every valid pixel of each band)."""
+    def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
+        """Every chip of the scene (:meth:`frame_views`), from one decode."""
         array = self.decode(data, path)
-        self.tokenize(array, None)
-        stats: dict[str, float] = {}
+        return [self.tokenize(array, rng, view) for view in self.frame_views(array, rng)]
+
+    def scan_file(self, data: bytes, path: str, region: tuple[float, float] | None = None,
+                  ) -> tuple[int, dict[str, float]]:
+        """(the scene's kept tiles, each tokenized; per band the sums over every valid pixel, and
+        ``views_skipped``: the tiles over the no-data threshold). ``region``: the part of the scene
+        that training reads (``split.region``): tiles and sums are of that part, so the held-out
+        strip's pixels never set the normalisation."""
+        array = self.decode(data, path)
+        part = array if region is None else self.region(array, *region)
+        views, skipped = self.tiles(part)
+        for view in views:
+            self.tokenize(part, None, view)
+        stats: dict[str, float] = {VIEWS_SKIPPED: float(skipped)}
         for i, band in enumerate(self.layout.group):
-            v = array[..., i][np.isfinite(array[..., i])].astype(np.float64)
+            v = part[..., i][np.isfinite(part[..., i])].astype(np.float64)
             stats |= {f"{band}_sum": float(v.sum()), f"{band}_sumsq": float((v**2).sum()),
                       f"{band}_count": float(v.size)}
-        return 1, stats
+        return len(views), stats
 
     def with_statistics(self, totals: dict[str, float]) -> dict[str, Any]:
         """Per-band dataset mean and std (floored at STD_FLOOR) of valid reflectance."""
@@ -292,48 +346,12 @@ class MultispectralPlugin(NormPixPlugin):
     def composites(self) -> list[tuple[int, int, int]]:
         """Band indexes (into the group) of the true- and false-colour composites the group can
         show, by the sensor's common names; else its first three bands (repeated if fewer)."""
-        sensor, group = self.layout.sensor, self.layout.group
-        common = [sensor.band(b).common_name for b in group]
-        found = []
-        for composite in COMPOSITES:
-            picks = [next((common.index(n) for n in names if n in common), None) for names in composite]
-            if None not in picks:
-                found.append(tuple(picks))
-        return found or [tuple(i % len(group) for i in range(3))]  # type: ignore[list-item]
+        return composites(self.layout.sensor, self.layout.group)
 
     def render(self, stream: TokenStream, pred: np.ndarray) -> np.ndarray:
         """original | visible | reconstruction (hidden tokens predicted, visible ones pasted), one row
-        per composite, each band stretched over the original's 2nd–98th percentile of valid tokens;
-        hidden tokens grey, invalid tokens black."""
+        per composite (:func:`~polymae.modalities.ms_render.render_chip`)."""
         lay = self.layout
-        p, g, nb = lay.patch_px, lay.grid, len(lay.group)
         values = stream.values.astype(np.float32)
         pred = self.prediction_values(np.asarray(pred, np.float32), values)
-        vis = stream.visible[:, None]
-
-        def image(v: np.ndarray) -> np.ndarray:
-            return unpatchify(v, p, g, g, channels=nb)
-
-        def per_pixel(flags: np.ndarray) -> np.ndarray:
-            return image(np.repeat(flags[:, None], p * p * nb, axis=1).astype(np.float32))[..., 0] > 0.5
-
-        original, recon = image(values), image(np.where(vis, values, pred))
-        ok, shown = per_pixel(stream.valid), per_pixel(stream.visible & stream.valid)
-        up = max(1, RENDER_SIDE // lay.chip_px)
-        rows = []
-        for bands in self.composites():
-            idx = list(bands)
-            sample = original[ok][:, idx] if ok.any() else original.reshape(-1, nb)[:, idx]
-            lo, hi = np.percentile(sample, 2, axis=0), np.percentile(sample, 98, axis=0)
-
-            def rgb(img: np.ndarray, keep: np.ndarray, grey: np.ndarray | None = None,
-                    idx: list[int] = idx, lo: np.ndarray = lo, hi: np.ndarray = hi) -> np.ndarray:
-                out = (np.clip((img[..., idx] - lo) / np.maximum(hi - lo, 1e-6), 0, 1) * 255).round().astype(np.uint8)
-                out[~keep] = NO_DATA
-                if grey is not None:
-                    out[grey] = HIDDEN_GREY
-                return out.repeat(up, axis=0).repeat(up, axis=1)
-
-            rows.append(panel_row([rgb(original, ok), rgb(original, ok, ok & ~shown), rgb(recon, ok)]))
-        return panel_column(rows)
-
+        return render_chip(stream, values, pred, lay.patch_px, lay.grid, len(lay.group), self.composites())

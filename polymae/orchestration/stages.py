@@ -33,7 +33,7 @@ from polymae.orchestration.train import train_loop_per_worker
 from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
 from polymae.pipelines.data import fixed_batch, token_dataset, write_token_shards
 from polymae.pipelines.files import Sample, SampleFile
-from polymae.pipelines.pairing import PairingSpec, pair
+from polymae.pipelines.pairing import PairingSpec, pair, view_followers
 from polymae.pipelines.scan import ScanResult, samples_per_epoch, scan, write_quarantine
 from polymae.pipelines.spec import PipelineSpec, StageSpec, spec_to_yaml
 from polymae.pipelines.split import split_samples
@@ -163,11 +163,13 @@ def log_counts(ctx: RunContext, data: ScanResult) -> None:
             client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
     print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
           f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}) + {counts['skipped']} skipped; "
-          f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch")
+          f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch; "
+          f"{counts['views_skipped']} views skipped")
     if len(data.streams) > 1:
         for name, c in data.counts_by_stream.items():
             print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
-                  f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples")
+                  f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples; "
+                  f"{c['views_skipped']} views skipped")
     for row in data.quarantine:
         print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
     for row in data.skipped:
@@ -190,10 +192,8 @@ class PairStage(Stage):
         spec = ctx.spec
         folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
-        clocks = [s.clock for s in spec.sources]
-        followers = tuple(s.name for i, s in enumerate(spec.sources) if s.clock and s.clock in clocks[:i])
         paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
-                      spec.pairing or PairingSpec(), folder, followers)
+                      spec.pairing or PairingSpec(), folder, view_followers(spec.sources))
         record = {"good": [vars(f) for f in paired.good], "quarantine": paired.quarantine, "skipped": paired.skipped,
                   "unmatched": paired.unmatched, "samples": [vars(s) for s in paired.samples]}
         (folder / "pairing.json").write_text(json.dumps(record))

@@ -45,8 +45,15 @@ def scan_sources(spec: PipelineSpec, stage: StageSpec) -> list[Any]:
 
 
 def _scan_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
-    return [{"source": source.model_dump(mode="json"), "files": file_stats(source)}
-            for source in scan_sources(spec, stage)]
+    from polymae.modalities.registry import get_plugin_class
+
+    out = []
+    for source in scan_sources(spec, stage):
+        reads = {"source": source.model_dump(mode="json"), "files": file_stats(source)}
+        if spec.split.region > 0 and get_plugin_class(source.modality).has_frame():
+            reads["region"] = spec.split.region  # a frame's views are counted on its training part
+        out.append(reads)
+    return out
 
 
 def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:

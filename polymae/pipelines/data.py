@@ -5,7 +5,8 @@ starts at sample step·batch) → ``map_batches``: read each of a sample's files
 sample views, tokenize and mask, each sample seeded by (run seed, sample id, epoch). Every batch
 has the columns of every stream; a sample without a stream carries it as absent (no valid
 token: never visible, never scored). Streams that share a spatial frame (``sources[].frame``:
-an RGB image and its depth map) get one crop and flip, drawn by the frame's first stream;
+an RGB image and its depth map, the band groups of a scene) get the same views (a crop and flip;
+a scene's chips), drawn by the frame's first stream with ``frame_views``;
 streams on one clock (``sources[].clock``: a video and its own audio track) cover the same
 seconds, those of the first stream's clips.
 """
@@ -77,15 +78,16 @@ def tokenize_sample(
     generators), keep views ``first … first+count`` and mask each — the same on every worker.
 
     → one ``{stream: TokenStream}`` per view. View k of every stream pairs up. ``shares[stream]``
-    holds the stream's ``frame`` and ``clock``: a stream of a spatial frame takes the crop and flip
-    that the frame's first stream (in spec order) drew; a stream on a clock takes the seconds of
+    holds the stream's ``frame`` and ``clock``: a stream of a spatial frame tokenizes every view
+    (crop and flip; a scene's chips) that the frame's first stream (in spec order) drew with
+    ``frame_views``; a stream on a clock takes the seconds of
     the clock's first stream's views (an audio track the seconds of its video's clips). ``region``
     (fractions of the width, ``split.region``): every stream sees only that strip of its frame.
     Raises BadInputError from any of the files.
     """
     names = [n for n in plugins if n in paths]  # spec order: a frame's or clock's first stream draws
     views: dict[str, list[TokenStream]] = {}
-    drawn: dict[str, FrameView | None] = {}
+    drawn: dict[str, list[FrameView]] = {}
     timed: dict[str, list[TimeSpan]] = {}
     for name in names:
         plugin, share = plugins[name], shares.get(name, {})
@@ -96,11 +98,12 @@ def tokenize_sample(
         data = read_bytes(paths[name], plugin)
         if frame is not None or region is not None:
             array = plugin.decode(data, paths[name])
-            if region is not None:
+            if region is not None:  # cut before any view is drawn: training never sees the held-out strip
                 array = plugin.region(array, *region)
-            if frame is not None and frame not in drawn:
-                drawn[frame] = plugin.frame_view(array, rng)
-            views[name] = [plugin.tokenize(array, rng, drawn.get(frame))]
+            key = frame if frame is not None else f"\0{name}"  # a stream in no frame draws its own views
+            if key not in drawn:
+                drawn[key] = plugin.frame_views(array, rng)
+            views[name] = [plugin.tokenize(array, rng, view) for view in drawn[key]]
         elif clock is not None and clock in timed:
             views[name] = plugin.tokenize_spans(data, paths[name], timed[clock])
         elif clock is not None:

@@ -16,6 +16,7 @@ class SampleFile:
     sha256: str = ""  # of the file's bytes (known after the scan)
     stream: str = ""  # the source's stream name ("": the spec's only stream)
     relpath: str = ""  # the id without the stream prefix: what pairing keys read
+    views_skipped: int = 0  # views the plugin left out (chips over the no-data threshold; after the scan)
 
 
 @dataclass

@@ -74,14 +74,27 @@ def file_key(f: SampleFile, pairing: dict[str, Any], manifest: dict[str, tuple[s
     return "/".join(match.groups()), ""
 
 
+def view_followers(sources: list[Any]) -> tuple[str, ...]:
+    """The streams after the first on a clock or a frame: the first draws the views (clips, chips)
+    that the others are cut at, so its count is the sample's."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for s in sources:
+        shared = [(kind, v) for kind, v in (("clock", s.clock), ("frame", s.frame)) if v]
+        if any(k in seen for k in shared):
+            out.append(s.name)
+        seen.update(shared)
+    return tuple(out)
+
+
 _OUT = ("kind", "key", "stream", "path", "reason", "paths", "num_samples")
 
 
 def join_group(group: dict[str, np.ndarray], streams: list[str], unmatched: str,
                followers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Ray Data ``map_groups``: the files of one key → rows of ``kind`` sample / skip / quarantine.
-    ``followers``: streams on a clock, whose views are cut at the first stream's spans (their own
-    count does not limit the sample's)."""
+    ``followers``: streams after the first on a clock or a frame, whose views are cut at the first
+    stream's spans or chips (their own count does not limit the sample's)."""
     rows: list[tuple] = []
     key = str(group["key"][0])
     order = np.argsort(group["sample_id"].astype(str), kind="stable")

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from polymae.modalities.base import BadInputError, ModalityPlugin
+from polymae.modalities.base import VIEWS_SKIPPED, BadInputError, ModalityPlugin
 from polymae.modalities.registry import make_plugin
 from polymae.pipelines.files import Sample, SampleFile, discover
 from polymae.pipelines.spec import PipelineSpec, SourceSpec
@@ -44,18 +44,22 @@ def read_bytes(path: str, plugin: ModalityPlugin) -> bytes:
         raise BadInputError(f"unreadable: {err}", "read") from err
 
 
-def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dict[str, np.ndarray]:
-    """map_batches: decode each file once; report its sample count and statistics, or the
-    stage and reason it failed (a failed file's statistics are 0, so totals cover good files)."""
+def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict,
+               region: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """map_batches: decode each file once; report its sample count, the views it left out and
+    its statistics, or the stage and reason it failed (a failed file's statistics are 0, so totals
+    cover good files). ``region``: the part of each frame training reads (``split.region``; frame
+    plugins only), whose views the count is of."""
     plugin = make_plugin(modality, config)
-    stages, reasons, counts, digests = [], [], [], []
+    stages, reasons, counts, digests, left_out = [], [], [], [], []
     stats: dict[str, list[float]] = {key: [] for key in plugin.statistics}
     for path in batch["path"]:
         stage, reason, count, found, digest = "", "", 0, {}, ""
         try:
             data = read_bytes(str(path), plugin)
             digest = hashlib.sha256(data).hexdigest()  # the dataset fingerprint's part
-            count, found = plugin.scan_file(data, str(path))
+            args = (data, str(path)) if region is None else (data, str(path), region)
+            count, found = plugin.scan_file(*args)
             if count < 1:
                 raise BadInputError("yields no samples")
         except BadInputError as err:
@@ -66,10 +70,12 @@ def scan_batch(batch: dict[str, np.ndarray], modality: str, config: dict) -> dic
         reasons.append(reason)
         counts.append(count)
         digests.append(digest)
+        left_out.append(int(found.get(VIEWS_SKIPPED, 0)))
         for key in plugin.statistics:
             stats[key].append(float(found.get(key, 0.0)))
     return {**batch, "stage": np.array(stages, dtype=object), "reason": np.array(reasons, dtype=object),
             "num_samples": np.array(counts, dtype=np.int64), "sha256": np.array(digests, dtype=object),
+            VIEWS_SKIPPED: np.array(left_out, dtype=np.int64),
             **{f"statistic_{key}": np.array(v, dtype=np.float64) for key, v in stats.items()}}
 
 
@@ -98,7 +104,7 @@ def scan_isolated(paths: list[str], kwargs: dict) -> list[dict[str, Any]]:
         except died as err:  # twice: the decoder kills its process (a real crash repeats)
             reason = f"the decoder crashed its process ({type(err).__name__})"
         rows.append({"path": path, "stage": "decode", "reason": reason, "num_samples": 0, "sha256": "",
-                     **dict.fromkeys(keys, 0.0)})
+                     VIEWS_SKIPPED: 0, **dict.fromkeys(keys, 0.0)})
     return rows
 
 
@@ -109,7 +115,9 @@ class ScanResult:
 
     One counts schema for every run, per stream and in total: ``total = tokenized + quarantined +
     skipped`` files; ``unmatched`` counts the files that had no partner wherever they ended
-    (trained alone, skipped or quarantined); ``samples`` per epoch."""
+    (trained alone, skipped or quarantined); ``samples`` per epoch; ``views_skipped`` the views the
+    good files' plugins left out (a scene's chips over the no-data threshold: a file's chips are
+    its samples + its views skipped)."""
 
     good: list[SampleFile]
     quarantine: list[dict[str, str]]
@@ -159,7 +167,7 @@ class ScanResult:
         counts["unmatched"] = sum(1 for s, _ in set(self.unmatched) if stream is None or s == stream)
         samples = [s for s in self.samples if stream is None or stream in s.paths]
         return {"total": counts["tokenized"] + counts["quarantined"] + counts["skipped"], **counts,
-                "samples": samples_per_epoch(samples)}
+                "samples": samples_per_epoch(samples), VIEWS_SKIPPED: sum(f.views_skipped for f in good)}
 
 
 def samples_per_epoch(samples: list[Sample] | list[SampleFile]) -> int:
@@ -172,7 +180,8 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
 
     A plugin with ``statistics`` gets their totals over the good files (a Ray Data sum) turned
     into config fields by ``with_statistics``; they are written into the spec's source config,
-    so the training stream and the saved spec use them.
+    so the training stream and the saved spec use them. Under ``split.region`` a frame plugin
+    counts the views of the part of each frame that training reads (:func:`scan_region`).
     """
     good: list[SampleFile] = []
     quarantine: list[dict[str, str]] = []
@@ -182,7 +191,7 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
         if not files:
             continue
         ids = {f.path: f for f in files}
-        kwargs = {"modality": source.modality, "config": source.config}
+        kwargs = {"modality": source.modality, "config": source.config, "region": scan_region(spec, plugin)}
         try:
             ds = ray.data.from_items([{"path": f.path} for f in files]).map_batches(
                 scan_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy",
@@ -198,7 +207,7 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
             else:
                 f = ids[row["path"]]
                 good.append(SampleFile(f.sample_id, row["path"], int(row["num_samples"]), str(row["sha256"]),
-                                       source.name, f.relpath))
+                                       source.name, f.relpath, int(row.get(VIEWS_SKIPPED, 0))))
         if plugin.statistics:
             columns = [f"statistic_{key}" for key in plugin.statistics]
             totals = ds.sum(columns)  # {"sum(<column>)": total}, or the bare total for one column
@@ -206,6 +215,12 @@ def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanRes
             source.config.update(plugin.with_statistics(
                 {key: float(totals[f"sum(statistic_{key})"] or 0.0) for key in plugin.statistics}))
     return ScanResult(good, quarantine)
+
+
+def scan_region(spec: PipelineSpec, plugin: ModalityPlugin) -> tuple[float, float] | None:
+    """The part of a frame that training reads (``split.region``), for a plugin with a frame; else None."""
+    held = spec.split.region
+    return (0.0, 1.0 - held) if held > 0 and plugin.has_frame() else None
 
 
 def write_quarantine(rows: list[dict[str, str]], path: str) -> None:

@@ -53,6 +53,6 @@ def test_crashing_decoder_is_quarantined(tmp_path):
     assert lines, out.stderr[-3000:]
     result = json.loads(lines[0].removeprefix("RESULT "))
     assert result["counts"] == {"total": 11, "tokenized": 10, "quarantined": 1,
-                                "skipped": 0, "unmatched": 0, "samples": 10}, result["quarantine"]
+                                "skipped": 0, "unmatched": 0, "samples": 10, "views_skipped": 0}, result["quarantine"]
     (row,) = result["quarantine"]
     assert row["path"].endswith("camera.jpg") and "crashed its process" in row["reason"]

@@ -4,16 +4,18 @@ decode → augment → tokenize → mask path (the same functions the Ray Data s
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from polymae.modalities.registry import make_plugin
 from polymae.orchestration.checkpoint import build_model
 from polymae.orchestration.evaluation import evaluate
 from polymae.orchestration.train import learning_rate, make_optimizer
 from polymae.pipelines.data import epoch_manifest, fixed_batch, manifest_batch, stream_kwargs, tokenize_batch
 from polymae.pipelines.files import Sample, SampleFile, discover
 from polymae.pipelines.scan import scan
-from polymae.pipelines.spec import parse_spec
+from polymae.pipelines.spec import load_spec, parse_spec
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,3 +104,46 @@ def test_tiny_lidar_mae_loss_falls_30_percent():
     files = discover(spec.sources[0], (".bin",))
     before, after = train_and_evaluate(spec, files, eval_size=1)
     assert after <= 0.7 * before
+
+
+def test_tiny_satmae_beats_the_trivial_predictor_on_the_held_out_strip():
+    """examples/multispectral_mae.yaml as it is (SatMAE's three Sentinel-2 band groups of the shipped
+    10 m + 20 m scene as one sample, 96² chips, independent 75 % masks, `tiny`), 100 steps (under a
+    minute on two idle cores; measured ratios 0.58 rgbn, 0.59 rededge, 0.62 swir): on the
+    chips of the right-hand quarter that training never crops (split.region), each group's loss is
+    ≤ 0.8 × the trivial predictor's (zero under norm-pix). The per-file scan (tiles and band sums
+    of the training part) runs as the Ray Data scan would, without Ray; samples of 20 chips each."""
+    from polymae.orchestration.evaluation import stream_scores
+    from polymae.pipelines.scan import scan_batch, scan_region
+
+    spec = load_spec(ROOT / "examples/multispectral_mae.yaml",
+                     ["train.steps=100", "train.warmup_steps=10", "train.precision=fp32"])
+    views = {}
+    for source in spec.sources:
+        region = scan_region(spec, make_plugin(source.modality, source.config))
+        out = scan_batch({"path": np.array(source.paths, dtype=object)}, source.modality, source.config, region)
+        views[source.name] = int(out["num_samples"][0])
+        totals = {k.removeprefix("statistic_"): float(v[0]) for k, v in out.items() if k.startswith("statistic_")}
+        source.config.update(make_plugin(source.modality, source.config).with_statistics(totals))
+    assert views == {"rgbn": 20, "rededge": 20, "swir": 20}
+    sample = Sample("sentinel2", {s.name: s.paths[0] for s in spec.sources}, views["rgbn"])
+    torch.manual_seed(spec.seed)
+    torch.set_num_threads(2)
+    model = build_model(spec)
+    optimizer = make_optimizer(model, spec.train)
+    heldout = fixed_batch(spec, [sample], size=8)  # the 5 tiles of the held-out strip
+    assert len(heldout["sample_id"]) == 5
+    kwargs, size = stream_kwargs(spec), spec.train.batch_size
+    for step in range(spec.train.steps):
+        batch = tokenize_batch(manifest_batch(epoch_manifest([sample], spec.seed, step * size, size)), **kwargs)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, spec.train)
+        model.train()
+        loss, _, _ = model({k: torch.as_tensor(v) for k, v in batch.items() if "." in k})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    scores = stream_scores(model, heldout)
+    ratios = {m: scores[m] / scores[f"{m}_trivial"] for m in views}
+    print("held-out loss / trivial:", {m: round(r, 3) for m, r in ratios.items()})
+    assert all(r <= 0.8 for r in ratios.values()), ratios

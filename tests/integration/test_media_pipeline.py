@@ -51,7 +51,8 @@ def test_video_run_quarantines_bad_files_and_logs_renders(tmp_path, ray_local, m
     mask = {"strategy": "tube", "ratio": 0.75, "decoder_strategy": "running_cell"}
     result = run_pipeline(_spec("video", folder, tmp_path, mlflow_server, config, mask), run_name="video-itest")
 
-    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3, "skipped": 0, "unmatched": 0, "samples": 6}
+    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3,
+                             "skipped": 0, "unmatched": 0, "samples": 6, "views_skipped": 0}
     reasons = _quarantined(result)
     assert set(reasons) == {"truncated.mp4", "notes.mp4", "empty.mkv"}
     assert "truncated MP4" in reasons["truncated.mp4"] and "empty" in reasons["empty.mkv"]
@@ -99,7 +100,8 @@ def test_points_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
     (folder / "empty.pcd").write_bytes(b"")
     result = run_pipeline(_spec("points", folder, tmp_path, mlflow_server, {}, {"strategy": "block", "ratio": 0.6}),
                           run_name="points-itest")
-    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3, "skipped": 0, "unmatched": 0, "samples": 2}
+    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3,
+                             "skipped": 0, "unmatched": 0, "samples": 2, "views_skipped": 0}
     reasons = _quarantined(result)
     assert "non-finite" in reasons["nan.xyz"] and "empty" in reasons["empty.pcd"]
     assert "renders/step000004.png" in {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.run_id,
@@ -117,7 +119,8 @@ def test_lidar_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
     config = {"max_voxels": 256, "num_empty": 64, "max_points_per_voxel": 8}
     result = run_pipeline(_spec("lidar", folder, tmp_path, mlflow_server, config,
                                 {"strategy": "radial", "ratio": 0.8}), run_name="lidar-itest")
-    assert result.counts == {"total": 4, "tokenized": 1, "quarantined": 3, "skipped": 0, "unmatched": 0, "samples": 1}
+    assert result.counts == {"total": 4, "tokenized": 1, "quarantined": 3,
+                             "skipped": 0, "unmatched": 0, "samples": 1, "views_skipped": 0}
     reasons = _quarantined(result)
     assert "multiple of 16" in reasons["cut.bin"] and "no points within" in reasons["far.bin"]
     assert "LAS" in reasons["bad.las"]

@@ -39,7 +39,8 @@ def test_run_logs_registers_and_resumes(tmp_path, photo_paths, bad_image_files, 
         (folder / name).write_bytes(data)
     first = run_pipeline(_spec(folder, tmp_path, mlflow_server, steps=6), run_name="itest-run")
     assert first.final_step == 6 and not first.resumed
-    assert first.counts == {"total": 16, "tokenized": 11, "quarantined": 5, "skipped": 0, "unmatched": 0, "samples": 11}
+    assert first.counts == {"total": 16, "tokenized": 11, "quarantined": 5,
+                            "skipped": 0, "unmatched": 0, "samples": 11, "views_skipped": 0}
     assert sorted(p.name for p in (first.output_dir / "train").glob("checkpoint_*")), "no checkpoints"
 
     client = MlflowClient(mlflow_server)  # everything below goes over HTTP

@@ -24,7 +24,7 @@ def test_scan_quarantines_every_bad_file_and_counts_add_up(tmp_path, photo_paths
 
     assert result.counts == {"total": len(photo_paths) + 5, "tokenized": len(photo_paths), "quarantined": 5,
                              "skipped": 0, "unmatched": 0,
-                             "samples": len(photo_paths)}
+                             "samples": len(photo_paths), "views_skipped": 0}
     assert sorted(f.sample_id for f in result.good) == sorted(p.name for p in photo_paths)
     reasons = {row["path"].rsplit("/", 1)[1]: row for row in result.quarantine}
     assert set(reasons) == set(bad_image_files)

@@ -41,7 +41,7 @@ def test_two_streams_train_on_two_workers(tmp_path, photo_paths, bad_image_files
     result = run_pipeline(spec, run_name="cams")
     assert result.final_step == 6 and result.model_version is not None
     assert result.counts == {"total": 17, "tokenized": 16, "quarantined": 1, "skipped": 0, "unmatched": 6,
-                             "samples": 11}  # 5 paired + 6 alone
+                             "samples": 11, "views_skipped": 0}  # 5 paired + 6 alone
 
     client = MlflowClient(mlflow_server)
     metrics = client.get_run(result.run_id).data.metrics

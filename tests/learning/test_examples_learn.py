@@ -43,3 +43,11 @@ def test_rgbd_example_learns_each_stream_and_depth_from_rgb(tmp_path):
     scores = ratios(run_example("rgbd_mae", tmp_path))
     assert scores["rgb"] <= BAR and scores["depth"] <= BAR, scores
     assert scores["cross/depth"] <= BAR, scores  # depth from RGB alone on the held-out strip
+
+
+def test_multispectral_example_learns_each_band_group(tmp_path):
+    """SatMAE's three band groups of the shipped Sentinel-2 scene, 300 steps: on the held-out strip's
+    chips each group ≤ 0.8 × the trivial predictor (in-process, the same schedule measured 0.555
+    rgbn, 0.567 rededge, 0.608 swir on 5 held-out chips)."""
+    scores = ratios(run_example("multispectral_mae", tmp_path))
+    assert all(scores[g] <= BAR for g in ("rgbn", "rededge", "swir")), scores
