@@ -37,6 +37,7 @@ from polymae.pipelines.files import Sample, SampleFile
 from polymae.pipelines.scan import ScanResult
 from polymae.pipelines.spec import TEMPLATE_FIELD as _FIELD
 from polymae.pipelines.spec import PairingSpec
+from polymae.tokenizer.policies import SHARED_AXES
 
 
 def _pattern(template: str) -> re.Pattern:
@@ -80,7 +81,7 @@ def view_followers(sources: list[Any]) -> tuple[str, ...]:
     seen: set[tuple[str, str]] = set()
     out = []
     for s in sources:
-        shared = [(kind, v) for kind, v in (("clock", s.clock), ("frame", s.frame)) if v]
+        shared = [(kind, getattr(s, kind)) for kind in SHARED_AXES if getattr(s, kind)]
         if any(k in seen for k in shared):
             out.append(s.name)
         seen.update(shared)
