@@ -7,6 +7,7 @@ import json
 import sys
 
 from polymae.pipelines.spec import PipelineSpec, SpecError, load_spec
+from polymae.pipelines.spec_diff import ForkError, SpecChangedError
 
 
 def _cmd_modalities(args: argparse.Namespace) -> int:
@@ -53,7 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from polymae.orchestration.run import run_pipeline, shutdown
 
     try:
-        result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache)
+        result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache,
+                              fork=args.fork)
     finally:
         shutdown()
     uri = result.tracking_uri
@@ -77,7 +79,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from polymae.orchestration import jobs
 
-    job_id = jobs.submit(_spec(args), args.address, args.run_name, args.resume)
+    job_id = jobs.submit(_spec(args), args.address, args.run_name, args.resume, args.fork)
     print(f"[polymae] submitted job {job_id}; follow it with: polymae logs {job_id} --follow")
     if not args.wait:
         return 0
@@ -182,6 +184,12 @@ def _spec_args(parser: argparse.ArgumentParser) -> None:
                         help="override a spec field, e.g. --set train.steps=50 (repeatable)")
 
 
+def _fork_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fork", nargs="?", const="", metavar="NEW_NAME",
+                        help="start a new run (NEW_NAME, default <run-name>-fork-N) from the last checkpoint "
+                             "of the run --run-name or --resume names, under this spec")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polymae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline spec end to end")
     _spec_args(run)
     run.add_argument("--address", help="Ray address of an existing cluster (default: embedded Ray)")
-    run.add_argument("--run-name", help="MLflow/output run name; the same name again resumes")
+    run.add_argument("--run-name", help="MLflow/output run name; the same name again resumes (same spec only)")
     run.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
+    _fork_arg(run)
     run.add_argument("--no-cache", action="store_true", help="run every stage, reusing nothing")
     run.set_defaults(func=_cmd_run)
 
@@ -202,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="run a spec on a Ray cluster as a Ray Job")
     _spec_args(submit)
     submit.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default RAY_ADDRESS)")
-    submit.add_argument("--run-name", help="MLflow run name; the same name again resumes")
+    submit.add_argument("--run-name", help="MLflow run name; the same name again resumes (same spec only)")
     submit.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run")
+    _fork_arg(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit 1 unless it succeeds")
     submit.set_defaults(func=_cmd_submit)
 
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as err:
+    except (SpecError, SpecChangedError, ForkError) as err:
         print(f"polymae: {err}", file=sys.stderr)
         return 2
     except ValueError as err:

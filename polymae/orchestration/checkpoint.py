@@ -88,3 +88,34 @@ def latest_checkpoint(root: str | Path) -> Path | None:
             if best is None or step > best[0]:
                 best = (step, Path(dirpath))
     return best[1] if best else None
+
+
+def resume_point(storage: str | Path, resume_from: str | Path | None = None,
+                 restored: str | Path | None = None) -> tuple[Path | None, str]:
+    """The checkpoint a train stage starts from, and why: the one place that chooses.
+
+    In this order:
+
+    1. this run's own checkpoints: the newer of ``restored`` (Ray Train's checkpoint when it
+       restarts a failed worker group within an attempt) and the newest complete one in the
+       run's storage folder ``storage`` (a run reopened by name or ``--resume``, or one
+       persisted after Ray Train's last poll);
+    2. ``resume_from`` (``train.resume_from``; a ``--fork`` sets it to the forked run's newest);
+    3. nothing: training starts fresh.
+
+    A run's own progress beats ``resume_from`` because the run started from it already.
+    Raises FileNotFoundError when ``resume_from`` is needed but is not a complete checkpoint.
+    """
+    own = [Path(p) for p in (restored, latest_checkpoint(storage)) if p is not None and is_complete(p)]
+    if own:
+        best = max(own, key=checkpoint_step)
+        why = "Ray Train's restored checkpoint" if restored is not None and best == Path(restored) \
+            else "this run's newest checkpoint"
+        ignored = f" (train.resume_from {resume_from} ignored: the run has moved on from it)" if resume_from else ""
+        return best, f"{why}, step {checkpoint_step(best)}{ignored}"
+    if resume_from:
+        if not is_complete(resume_from):
+            raise FileNotFoundError(f"train.resume_from = {str(resume_from)!r}: not a complete checkpoint folder "
+                                    "(model.pt and state.json with every file at its listed size)")
+        return Path(resume_from), f"train.resume_from, step {checkpoint_step(resume_from)}"
+    return None, "fresh: no checkpoint of this run and no train.resume_from"

@@ -3,25 +3,32 @@
     files ──▶ Ray Data map_batches (actors that load the model once): read → decode →
     tokenize (evaluation views, every token visible) → encoder → normalised cls token
     ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
+    ──▶ embed.done.json (written last: the checkpoint, its step and the counts)
+
+An embed replaces what its output folder held, so two models' rows never mix.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from polymae.modalities.base import BadInputError
 from polymae.modalities.registry import make_plugin
-from polymae.orchestration.checkpoint import load_model
+from polymae.orchestration.checkpoint import checkpoint_step, load_model
 from polymae.orchestration.inference import check_streams, evaluation_views, stream_plugin
-from polymae.pipelines.files import discover, view_id
+from polymae.pipelines.files import discover, empty_folder, view_id
 from polymae.pipelines.scan import write_quarantine
 from polymae.pipelines.spec import SourceSpec
 from polymae.tokenizer.stream import streams_to_columns
+
+DONE_MARKER = "embed.done.json"  # written last: checkpoint, step and counts of a finished embed
 
 
 class Embedder:
@@ -66,9 +73,9 @@ class Embedder:
 def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurrency: int = 1,
                 stream: str | None = None) -> dict[str, Any]:
     """Embed every file under ``paths`` as ``stream`` (default: the model's first stream) with the
-    model of ``checkpoint`` → Parquet shards in ``output/embeddings`` and
-    ``output/quarantine.parquet``; → counts (files, embedded, quarantined, rows: a video or long
-    recording gives a row per clip or window)."""
+    model of ``checkpoint`` → Parquet shards in ``output/embeddings`` (replacing what was there),
+    ``output/quarantine.parquet`` and, last, ``output/embed.done.json``; → counts (files,
+    embedded, quarantined, rows: a video or long recording gives a row per clip or window)."""
     _, spec = load_model(checkpoint)
     stream = stream or spec.sources[0].name
     check_streams(spec, [stream])
@@ -85,11 +92,26 @@ def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurren
     ).materialize()
     good = rows.filter(lambda r: not r["reason"])
     bad = rows.filter(lambda r: bool(r["reason"])).take_all()
-    Path(output).mkdir(parents=True, exist_ok=True)
-    good.drop_columns(["stage", "reason"]).write_parquet(str(Path(output) / "embeddings"))
+    marker = Path(output) / DONE_MARKER
+    marker.unlink(missing_ok=True)  # until it is written again, the folder is incomplete
+    good.drop_columns(["stage", "reason"]).write_parquet(empty_folder(Path(output) / "embeddings"))
     write_quarantine([{"path": r["path"], "stream": stream, "modality": source.modality, "stage": r["stage"],
                        "reason": r["reason"]} for r in bad], str(Path(output) / "quarantine.parquet"))
-    embedded_rows = good.count()
     quarantined = len({r["path"] for r in bad})
-    return {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,
-            "rows": embedded_rows}
+    counts = {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,
+              "rows": good.count()}
+    marker.write_text(json.dumps({"checkpoint": str(checkpoint), "step": checkpoint_step(checkpoint), **counts}))
+    return counts
+
+
+def complete_embeddings(output: str | Path, checkpoint: str | Path) -> bool:
+    """Whether ``output`` holds a finished embed by ``checkpoint``: its marker (written last)
+    names that checkpoint, and the Parquet rows are as many as it counts (a shared output folder
+    another model wrote since, or a write cut short, is not)."""
+    marker = Path(output) / DONE_MARKER
+    try:
+        done = json.loads(marker.read_text())
+        found = sum(pq.read_metadata(p).num_rows for p in (Path(output) / "embeddings").glob("*.parquet"))
+    except (OSError, ValueError):
+        return False
+    return done.get("checkpoint") == str(checkpoint) and found == done.get("rows")

@@ -9,6 +9,7 @@ paths in the spec must be readable on the cluster's nodes (shared storage), as f
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 import polymae
-from polymae.orchestration.tracking import git_commit
+from polymae.orchestration.runs import git_commit
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
@@ -32,8 +33,10 @@ def client(address: str | None = None) -> JobSubmissionClient:
 
 
 def submit(spec: PipelineSpec, address: str | None, run_name: str | None = None,
-           resume_run_id: str | None = None) -> str:
-    """Submit ``spec`` (already validated and resolved) as a Ray Job; → the submission id."""
+           resume_run_id: str | None = None, fork: str | None = None) -> str:
+    """Submit ``spec`` (already validated and resolved) as a Ray Job; → the submission id.
+    ``run_name``, ``resume_run_id`` and ``fork`` mean what they mean to ``polymae run``: the
+    job's driver checks them against MLflow before it starts anything."""
     submission_id = f"polymae-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_name = run_name or spec.tracking.run_name or submission_id
     staging = Path(tempfile.mkdtemp(prefix="polymae-submit-"))
@@ -41,6 +44,8 @@ def submit(spec: PipelineSpec, address: str | None, run_name: str | None = None,
     entrypoint = f"python -m polymae.cli run spec.yaml --run-name {run_name}"
     if resume_run_id:
         entrypoint += f" --resume {resume_run_id}"
+    if fork is not None:
+        entrypoint += f" --fork {shlex.quote(fork)}" if fork else " --fork"
     env_vars = {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     commit = git_commit()
     if commit:

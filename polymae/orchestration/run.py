@@ -14,13 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from mlflow.tracking import MlflowClient
 
-from polymae.orchestration.checkpoint import checkpoint_step
+from polymae.orchestration.checkpoint import checkpoint_step, resume_point
+from polymae.orchestration.runs import (
+    RUN_NAME_TAG,
+    experiment_id,
+    find_run,
+    fork_name,
+    given_spec,
+    run_folder,
+    run_status,
+    start_run,
+)
 from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
-from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
+from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri
 from polymae.pipelines.dag import fingerprints, topological_order
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+from polymae.pipelines.spec_diff import ForkError
 
 
 @dataclass
@@ -58,19 +70,53 @@ def plan(spec: PipelineSpec, use_cache: bool = True) -> list[PlannedStage]:
     return out
 
 
+def fork_source(spec: PipelineSpec, uri: str, run_name: str | None, run_id: str | None,
+                new_name: str | None) -> tuple[str, str]:
+    """For ``--fork``: point ``spec.train.resume_from`` at the newest checkpoint of the run named
+    ``run_name`` (or ``run_id``); → (the forked run's id, the new run's name)."""
+    client = MlflowClient(uri)
+    exp = experiment_id(client, spec.tracking.experiment, uri)
+    source = find_run(client, exp, run_name or "", run_id)
+    if source is None:
+        raise ForkError(f"--fork: no run named {run_name!r} in experiment {spec.tracking.experiment!r} to fork")
+    name = source.data.tags.get(RUN_NAME_TAG, source.info.run_name)
+    old = given_spec(client, source) or {}
+    checkpoint, _ = resume_point(run_folder(source, spec) / "train", old.get("train", {}).get("resume_from"))
+    if checkpoint is None:
+        raise ForkError(f"--fork: run {name!r} has no checkpoint to start from")
+    if spec.train.resume_from:
+        print(f"[polymae] --fork: train.resume_from {spec.train.resume_from} replaced by run {name!r}'s checkpoint")
+    spec.train.resume_from = str(checkpoint)  # part of the fork's spec and its train fingerprint
+    return source.info.run_id, fork_name(client, exp, name, new_name)
+
+
 def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id: str | None = None,
-                 use_cache: bool = True) -> RunResult:
-    """Run every stage of ``spec``; ``run_name`` (or ``resume_run_id``) of an earlier run
-    continues that run: same MLflow run, training from its last checkpoint."""
+                 use_cache: bool = True, fork: str | None = None) -> RunResult:
+    """Run every stage of ``spec``. ``run_name`` (or ``resume_run_id``) of an earlier run
+    continues that run (same MLflow run, training from its newest checkpoint) if the spec
+    computes the same (:mod:`polymae.pipelines.spec_diff`); ``fork`` (a new name, or "" for
+    ``<name>-fork-N``) instead starts a new run whose training starts from that run's newest
+    checkpoint."""
     run_name = run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = resolve_tracking_uri(spec.tracking.uri)
+    forked_from = None
+    if fork is not None:
+        forked_from, run_name = fork_source(spec, uri, run_name, resume_run_id, fork or None)
+        resume_run_id = None
     planned = plan(spec, use_cache)  # before the run exists: a run never reuses its own new output
-    run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id)
+    run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id, forked_from)
+    with run_status(uri, run_id):
+        return _run_stages(spec, planned, uri, run_id, run_name, resumed, forked_from)
+
+
+def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_id: str, run_name: str,
+                resumed: bool, forked_from: str | None) -> RunResult:
     out_dir = (Path(spec.outputs.dir) / run_name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)
-    print(f"[polymae] run {run_name!r} ({'resumed' if resumed else 'new'}): MLflow {uri} run {run_id}")
+    how = "resumed" if resumed else f"forked from run {forked_from}" if forked_from else "new"
+    print(f"[polymae] run {run_name!r} ({how}): MLflow {uri} run {run_id}")
 
     ctx = RunContext(spec, run_id, uri, out_dir, {p.name: p.fingerprint for p in planned})
     by_name = {s.name: s for s in spec.stages}
@@ -88,7 +134,6 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
         record_stage(ctx.client, run_id, step.name, step.fingerprint, output)
         done[step.name] = "ran"
 
-    ctx.client.set_terminated(run_id)
     checkpoint = next(iter(ctx.checkpoints.values()), None)
     final_step = checkpoint_step(checkpoint) if checkpoint else 0
     counts = ctx.final_data().counts if ctx.scans else {}

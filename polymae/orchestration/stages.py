@@ -25,7 +25,13 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
+from polymae.orchestration.checkpoint import (
+    build_model,
+    checkpoint_step,
+    latest_checkpoint,
+    load_weights,
+    resume_point,
+)
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
@@ -214,9 +220,9 @@ class PairStage(Stage):
 
 @register_stage
 class TrainStage(Stage):
-    """Output: the final checkpoint folder. A run reopened by name continues from its own
-    latest checkpoint (or ``train.resume_from``); Ray Train restarts a failed worker group
-    from the last reported checkpoint up to ``train.max_failures`` times."""
+    """Output: the final checkpoint folder. Where training starts is :func:`resume_point`'s
+    choice (this run's newest checkpoint, else ``train.resume_from``, else fresh), here and in
+    every worker; Ray Train restarts a failed worker group up to ``train.max_failures`` times."""
 
     kind = "train"
 
@@ -227,7 +233,9 @@ class TrainStage(Stage):
             print(f"[polymae] split: {len(files)} files for training, {len(heldout)} held out for evaluation")
             for key, value in {"train_files": len(files), "heldout_files": len(heldout)}.items():
                 ctx.client.log_metric(ctx.run_id, f"data/{key}", value)
-        resume = latest_checkpoint(ctx.out_dir / "train") or train.resume_from
+        resume, why = resume_point(ctx.out_dir / "train", train.resume_from)
+        print(f"[polymae] stage {stage.name}: starts from {resume or 'scratch'} ({why})")
+        ctx.client.set_tag(ctx.run_id, f"polymae.stage.{stage.name}.started_from", f"{resume or 'scratch'} ({why})")
         start_step = checkpoint_step(resume) if resume else 0
         eval_batch = fixed_batch(spec, heldout or files)
         np.savez(ctx.out_dir / "eval_batch.npz", **{k: v for k, v in eval_batch.items() if "." in k})
@@ -245,7 +253,7 @@ class TrainStage(Stage):
                 train_loop_per_worker,
                 train_loop_config={
                     "spec": spec.model_dump(mode="json"), "run_id": ctx.run_id, "tracking_uri": ctx.tracking_uri,
-                    "start_step": start_step, "resume_from": str(resume) if resume else None,
+                    "start_step": start_step,
                     "storage": str(ctx.out_dir / "train"),
                     "threads": max(1, (os.cpu_count() or 1) // train.workers),
                 },
@@ -332,4 +340,6 @@ class EmbedStage(Stage):
         return out
 
     def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
-        return Path(output).is_dir()
+        from polymae.orchestration.embed import complete_embeddings
+
+        return complete_embeddings(output, ctx.checkpoint_of(stage))  # else (cut short, overwritten) it runs

@@ -1,6 +1,6 @@
-"""MLflow: the run, its metrics and artifacts, and the registered model.
+"""MLflow: a run's stage records, metrics and artifacts, and the registered model.
 
-The driver creates (or, for a known run name, reopens) the run; rank 0 of the Ray Train
+The driver makes the run (:mod:`polymae.orchestration.runs`); rank 0 of the Ray Train
 workers logs step metrics into it with plain client calls (Ray Train V2 has no MLflow
 callback). The model is logged as a pyfunc whose artifacts are a weights-only checkpoint.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,85 +21,15 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from polymae import __version__
-from polymae.pipelines.dag import spec_fingerprint
-from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+from polymae.pipelines.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
-RUN_NAME_TAG = "polymae.run_name"
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """Default: a SQLite store in the working directory, as an absolute URI so Ray workers
     (whose working directory differs) write to the same place."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(data, dict):
-        out: dict[str, str] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
-        out = {}
-        for i, value in enumerate(data):
-            out.update(_flatten(value, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: str(data)[:6000]}
-
-
-def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    artifact_location = None
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:  # local store: artifacts beside it
-        artifact_location = Path("mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def git_commit() -> str | None:
-    """The commit of the PolyMAE checkout that runs (``POLYMAE_GIT_COMMIT`` when set, as a
-    submitted job sets it: the cluster copy has no .git), with ``-dirty`` for local changes."""
-    if os.environ.get("POLYMAE_GIT_COMMIT"):
-        return os.environ["POLYMAE_GIT_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
-def start_run(spec: PipelineSpec, uri: str, run_name: str, run_id: str | None = None) -> tuple[str, str, bool]:
-    """→ (run id, run name, resumed). ``run_id`` reopens that run; otherwise a run whose name
-    was used before in the experiment is reopened, or a new one is made."""
-    client = MlflowClient(uri)
-    exp = experiment_id(client, spec.tracking.experiment, uri)
-    if run_id is None:
-        previous = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                                      max_results=1)
-        run_id = previous[0].info.run_id if previous else None
-    tags = {"polymae.spec_fingerprint": spec_fingerprint(spec), "polymae.version": __version__}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    if run_id is not None:
-        run = client.get_run(run_id)  # raises for an unknown id
-        client.update_run(run_id, status="RUNNING")
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
-        return run_id, run.data.tags.get(RUN_NAME_TAG, run.info.run_name), True
-    run = client.create_run(exp, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
-    params = _flatten(spec.model_dump(mode="json"))
-    items = list(params.items())
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
-    client.log_text(run.info.run_id, spec_to_yaml(spec), "spec.yaml")
-    return run.info.run_id, run_name, False
 
 
 def stage_tag(name: str) -> str:

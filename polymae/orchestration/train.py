@@ -22,10 +22,9 @@ import torch
 
 from polymae.orchestration.checkpoint import (
     build_model,
-    checkpoint_step,
-    latest_checkpoint,
     load_optimizer_state,
     load_weights,
+    resume_point,
     save_checkpoint,
 )
 from polymae.orchestration.precision import autocast_dtype
@@ -69,13 +68,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = 0
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restores this run
     with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(checkpoint.as_directory()) if checkpoint else config.get("resume_from")
+        restored = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
         # Ray Train registers a checkpoint when its controller next polls the workers; one that
-        # was persisted just before a failure may not be registered yet. The run's storage
-        # folder holds every persisted one: restart from the newest.
-        on_disk = latest_checkpoint(config["storage"])
-        if on_disk is not None and (not folder or checkpoint_step(on_disk) > checkpoint_step(folder)):
-            folder = on_disk
+        # was persisted just before a failure may not be registered yet, so resume_point also
+        # looks at the run's storage folder (every persisted one) and takes the newest.
+        folder, _ = resume_point(config["storage"], train.resume_from, restored)
         if folder:
             step = load_weights(folder, model)
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=DDP_KWARGS)  # device, DDP

@@ -3,7 +3,8 @@
 A spec's ``stages`` list names stages of registered kinds with ``needs:``; without one, the
 spec gets the default chain ``scan → train → evaluate → register`` (``scan → pair → train → …``
 when the spec sets ``pairing``). Each stage's fingerprint
-is a hash of its kind, the spec fields it reads and its needs' fingerprints (a scan's inputs
+is a hash of its kind, the spec fields it reads, the code (:mod:`polymae.pipelines.code_version`)
+and its needs' fingerprints (a scan's inputs
 are the source (its absolute paths, its config) and the ids, sizes and modification times of
 the files its plugin reads), so it can be computed before
 anything runs: ``polymae plan`` shows it, and the runner reuses a stage's recorded output
@@ -31,9 +32,10 @@ class StageKind:
     reads: Callable[[PipelineSpec, StageSpec], Any]  # the spec fields its output depends on
 
 
-# train fields that change how training runs but not what it computes
+# train fields that change how training runs but not what it computes (resume_from does: the
+# weights training starts from)
 _TRAIN_LOGISTICS = {"workers", "cpus_per_worker", "use_gpu", "log_every", "checkpoint_every",
-                    "resume_from", "max_failures", "placement_strategy"}
+                    "max_failures", "placement_strategy"}
 
 
 def scan_sources(spec: PipelineSpec, stage: StageSpec) -> list[Any]:
@@ -185,11 +187,15 @@ def digest(data: Any) -> str:
 
 
 def fingerprints(spec: PipelineSpec) -> dict[str, str]:
-    """Stage name → fingerprint of its kind, the spec fields it reads and its needs'."""
+    """Stage name → fingerprint of its kind, the spec fields it reads, the code (the polymae
+    package's source and the spec's plugins' modules) and its needs'."""
+    from polymae.pipelines.code_version import code_version
+
+    code = code_version([s.modality for s in spec.sources])
     out: dict[str, str] = {}
     for stage in topological_order(spec.stages):
         kind = STAGE_KINDS[stage.kind]
-        out[stage.name] = digest({"kind": stage.kind, "reads": kind.reads(spec, stage),
+        out[stage.name] = digest({"kind": stage.kind, "reads": kind.reads(spec, stage), "code": code,
                                   "needs": sorted(out[n] for n in stage.needs)})
     return out
 

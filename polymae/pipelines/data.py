@@ -24,7 +24,7 @@ import ray
 from polymae.modalities.base import BadInputError, ModalityPlugin
 from polymae.modalities.registry import make_plugin
 from polymae.ops.crops import FrameView, TimeSpan
-from polymae.pipelines.files import Sample, view_id
+from polymae.pipelines.files import Sample, empty_folder, view_id
 from polymae.pipelines.scan import read_bytes, samples_per_epoch
 from polymae.pipelines.spec import PipelineSpec
 from polymae.tokenizer import MaskPolicy, MaskSpec, sample_rng
@@ -238,7 +238,8 @@ def _as_arrow_lists(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 def write_token_shards(spec: PipelineSpec, samples: list[Sample], folder: str) -> None:
-    """The first epoch's token streams (with masks) as Parquet shards of plain Arrow lists."""
+    """The first epoch's token streams (with masks) as Parquet shards of plain Arrow lists, in
+    place of what ``folder`` held (a resumed run writes them again, not twice)."""
     token_dataset(spec, samples, 0, samples_per_epoch(samples)).map_batches(
         _as_arrow_lists, batch_format="numpy", batch_size=16
-    ).write_parquet(folder)
+    ).write_parquet(empty_folder(folder))

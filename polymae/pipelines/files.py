@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -69,3 +71,11 @@ def discover(source: Any, extensions: tuple[str, ...], qualify: bool = False) ->
         rel = os.path.relpath(os.path.abspath(p), root)
         files.append(SampleFile(f"{stream}:{rel}" if qualify else rel, p, stream=stream, relpath=rel))
     return sorted(files, key=lambda f: f.sample_id)
+
+
+def empty_folder(path: str | Path) -> str:
+    """``path`` as a new empty folder (what was there removed): Ray Data's ``write_parquet`` adds
+    files to a folder, so writing into an old one would mix two writes' rows."""
+    shutil.rmtree(path, ignore_errors=True)
+    Path(path).mkdir(parents=True)
+    return str(path)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from polymae.cli import main
 from polymae.orchestration import jobs
-from polymae.orchestration.tracking import RUN_NAME_TAG
+from polymae.orchestration.runs import RUN_NAME_TAG
 
 from .servers import LocalRayCluster
 
