@@ -28,17 +28,35 @@ def make_optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=train.learning_rate, betas=train.betas, fused=True)
 
 
-def absent_streams(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
-    """The model's streams with no valid token in this step's batch on any worker (one small
-    all-reduce when there are several)."""
+def _presence(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(S,) int: for each of the model's streams, how many workers' batches have a valid token of
+    it (this worker's 0/1 alone outside DDP; one small all-reduce when there are several)."""
     module = getattr(model, "module", model)
-    names = module.modalities
     device = next(module.parameters()).device
     present = torch.stack([batch[column(m, "valid")].any() if column(m, "valid") in batch
-                           else torch.tensor(False, device=device) for m in names]).to(device, torch.int32)
+                           else torch.tensor(False, device=device) for m in module.modalities]).to(device, torch.int32)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(present, op=torch.distributed.ReduceOp.MAX)
-    return [m for m, p in zip(names, present.tolist(), strict=True) if not p]
+        torch.distributed.all_reduce(present)
+    return present
+
+
+def absent_streams(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+    """The model's streams with no valid token in this step's batch on any worker."""
+    names = getattr(model, "module", model).modalities
+    return [m for m, n in zip(names, _presence(model, batch).tolist(), strict=True) if not n]
+
+
+def stream_loss_means(model: torch.nn.Module, losses: dict[str, torch.Tensor],
+                      batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each stream's loss averaged over the workers whose batch has it, for logging. A stream no
+    worker's batch has is left out: its loss is 0 by construction, which would read as a perfect
+    score. Every worker must call it (all-reduces under DDP)."""
+    names = getattr(model, "module", model).modalities
+    present = _presence(model, batch)
+    total = torch.stack([losses[m].detach().float() for m in names]).to(present.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return {m: (t / n).item() for m, t, n in zip(names, total, present.tolist(), strict=True) if n}
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],

@@ -29,7 +29,7 @@ from polymae.orchestration.checkpoint import (
     save_checkpoint,
 )
 from polymae.orchestration.precision import autocast_dtype
-from polymae.orchestration.step import DDP_KWARGS, make_optimizer, train_step
+from polymae.orchestration.step import DDP_KWARGS, make_optimizer, stream_loss_means, train_step
 from polymae.orchestration.tracking import MetricLogger
 from polymae.pipelines.spec import PipelineSpec, TrainSpec
 
@@ -125,10 +125,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if world > 1:
                 torch.distributed.all_reduce(mean_loss)
                 mean_loss /= world
+            per_stream = stream_loss_means(model, losses, batch)  # every rank: it all-reduces
             rate = seen / (time.perf_counter() - tic)
             if logger is not None:
                 metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate}
-                metrics.update({f"train/loss_{m}": v.item() for m, v in losses.items()})
+                metrics.update({f"train/loss_{m}": v for m, v in per_stream.items()})
                 logger.log(metrics, step)
                 log.info(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
                          f"lr {lr:.2e}  {rate:.1f} samples/s")
