@@ -107,7 +107,8 @@ def _worker(rank: int, init: str, spec_data: dict, batches: list[list[dict]], ou
                 g /= WORLD
             before = {n: p.detach().clone() for n, p in names.items()}
 
-            loss, losses = train_step(model, optimizer, batch, torch.device("cpu"), None, i + 1)
+            loss, losses, skipped = train_step(model, optimizer, batch, torch.device("cpu"), None, i + 1)
+            assert skipped is None
             means = stream_loss_means(model, losses, batch)  # what train.py logs as train/loss_<stream>
             assert torch.isfinite(loss) and all(torch.isfinite(v) for v in losses.values()), (rank, i, losses)
             assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)  # the same forward as the copy

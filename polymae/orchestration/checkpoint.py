@@ -64,6 +64,24 @@ def load_weights(folder: str | Path, model: torch.nn.Module) -> int:
     return checkpoint_step(folder)
 
 
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor of a state dict holding a NaN or inf, described ("name:
+    k of n values non-finite"); None when every one is finite (buffers count: BatchNorm's
+    running statistics are weights the model uses too)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"{name}: {int((~torch.isfinite(tensor)).sum())} of {tensor.numel()} values non-finite"
+    return None
+
+
+def check_finite_weights(folder: str | Path) -> None:
+    """Raise FloatingPointError naming the first non-finite parameter of a checkpoint's model."""
+    bad = first_nonfinite(torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True))
+    if bad is not None:
+        raise FloatingPointError(f"non-finite weights in the checkpoint {folder} "
+                                 f"(step {checkpoint_step(folder)}): {bad}; not registered")
+
+
 def load_optimizer_state(folder: str | Path, optimizer: torch.optim.Optimizer) -> None:
     """Load optimizer state in place (after the model is on its device: the state follows the
     parameters' device when loaded)."""

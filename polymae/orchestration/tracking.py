@@ -227,7 +227,11 @@ class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def log_model(uri: str, run_id: str, checkpoint_dir: str, registered_model: str) -> str:
-    """Log the checkpoint as a pyfunc model of the run and register it; → the version."""
+    """Log the checkpoint as a pyfunc model of the run and register it; → the version. A model
+    with a non-finite weight is refused (FloatingPointError naming it) before anything is logged."""
+    from polymae.orchestration.checkpoint import check_finite_weights
+
+    check_finite_weights(checkpoint_dir)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

@@ -129,6 +129,11 @@ class TrainSpec(_Strict):
     max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the training workers on nodes")
+    nonfinite: Literal["error", "skip"] = Field(
+        "error", description="a step whose loss is non-finite: stop the run naming the step and samples "
+        "(never retried), or skip its update")
+    max_skipped_fraction: float = Field(0.05, ge=0, le=1, description="nonfinite: skip — a run that skips "
+                                        "more than this fraction of train.steps fails")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSpec:
