@@ -1,6 +1,12 @@
 """Model sizes. ``base`` and ``large`` are MAE's ViT-B/16 and ViT-L/16 with its 512-wide,
 8-block decoder; ``tiny`` is small enough to train on two CPU cores in a test.
 
+A model of one stream takes its plugin's ``reference_decoder`` for the preset where the plugin
+lists one (VideoMAE: 4 blocks, 384 wide for ViT-B; Point-MAE: 4 blocks at 384): the reference
+trained that encoder with that decoder. A joint decoder over several streams has no single
+reference and keeps the preset's. ``tiny`` is never remapped (no plugin lists it): it stays the
+test-sized 128-wide, 2-block decoder. Fields given in ``overrides`` always win.
+
 The decoder is MAE's one joint decoder over every stream's tokens (``decoder="joint"``) or
 MultiMAE's per-stream decoders (``"per_stream"``: one cross-attention to all encoded tokens and
 two 256-wide, 8-head blocks per stream, MultiMAE's ``decoder_dim``/``decoder_depth`` and its
@@ -10,6 +16,7 @@ reference) is off unless ``contrastive_weight`` > 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,8 +49,18 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def resolve_model_config(preset: str, overrides: dict | None = None) -> ModelConfig:
-    """The preset's settings with any explicitly given field replaced."""
+DecoderSize = tuple[int, int, int]  # (depth, width, heads)
+DECODER_FIELDS = ("decoder_depth", "decoder_width", "decoder_heads")
+
+
+def resolve_model_config(preset: str, overrides: dict | None = None,
+                         reference_decoders: Sequence[Mapping[str, DecoderSize]] = ()) -> ModelConfig:
+    """The preset's settings, the one stream's reference decoder for the preset (when
+    ``reference_decoders``, one mapping per stream, has exactly one entry and it lists the
+    preset), then any explicitly given field."""
     if preset not in PRESETS:
         raise KeyError(f"unknown model preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[preset].model_dump(), **(overrides or {})})
+    fields = PRESETS[preset].model_dump()
+    if len(reference_decoders) == 1 and preset in reference_decoders[0]:
+        fields.update(zip(DECODER_FIELDS, reference_decoders[0][preset], strict=True))
+    return ModelConfig(**{**fields, **(overrides or {})})
