@@ -241,7 +241,7 @@ class PipelineSpec(_Strict):
     def source(self, stream: str) -> SourceSpec:
         return self.streams[stream]
 
-    def model_config(self) -> ModelConfig:
+    def resolved_model(self) -> ModelConfig:
         """The model's settings: the preset, a one-stream run's reference decoder, the overrides."""
         references = [get_plugin_class(s.modality).reference_decoder for s in self.sources]
         return resolve_model_config(self.model.preset, self.model.overrides, references)
