@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     recon.set_defaults(func=_cmd_reconstruct)
 
     export = sub.add_parser("export", help="write a model's encoder for fine-tuning elsewhere (timm or torch)")
-    export.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    export.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
     export.add_argument("--format", required=True, choices=("timm", "torch"),
                         help="timm: an image stream as a timm VisionTransformer state dict (+ FILE.json); "
                              "torch: any stream's encoder, a folder with encoder.pt + encoder.json")

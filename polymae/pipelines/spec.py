@@ -243,7 +243,7 @@ class PipelineSpec(_Strict):
 
     def resolved_model(self) -> ModelConfig:
         """The model's settings: the preset, a one-stream run's reference decoder, the overrides."""
-        references = [get_plugin_class(s.modality).reference_decoder for s in self.sources]
+        references = {s.name: get_plugin_class(s.modality).reference_decoder for s in self.sources}
         return resolve_model_config(self.model.preset, self.model.overrides, references)
 
     def mask_specs(self) -> dict[str, MaskSpec]:
