@@ -17,11 +17,10 @@ reference) is off unless ``contrastive_weight`` > 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
 
 DecoderSize = tuple[int, int, int]  # (depth, width, heads)
 
