@@ -170,6 +170,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from polymae.orchestration.export import export_model
+
+    for path in export_model(args.model, args.format, args.out, args.stream, args.tracking_uri):
+        print(f"[polymae] wrote {path}")
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from polymae.doctor import main as doctor
 
@@ -241,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
     recon.set_defaults(func=_cmd_reconstruct)
 
+    export = sub.add_parser("export", help="write a model's encoder for fine-tuning elsewhere (timm or torch)")
+    export.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    export.add_argument("--format", required=True, choices=("timm", "torch"),
+                        help="timm: an image stream as a timm VisionTransformer state dict (+ FILE.json); "
+                             "torch: any stream's encoder, a folder with encoder.pt + encoder.json")
+    export.add_argument("--out", required=True, help="timm: the state dict file; torch: a folder")
+    export.add_argument("--stream", help="which of the model's streams (default: its first)")
+    export.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    export.set_defaults(func=_cmd_export)
+
     validate = sub.add_parser("validate", help="check a spec and print it resolved")
     _spec_args(validate)
     validate.set_defaults(func=_cmd_validate)
@@ -262,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polymae: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
-        if args.command != "reconstruct":
+        if args.command not in ("reconstruct", "export"):
             raise
-        print(f"polymae reconstruct: {err}", file=sys.stderr)
+        print(f"polymae {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -189,6 +189,8 @@ class PointsPlugin(ModalityPlugin):
     Config = PointsConfig
     extensions = CLOUD_EXTENSIONS + MESH_EXTENSIONS + (".npy",)
     reference = "Point-MAE (Pang et al. 2022)"
+    # Point-MAE's one size: 4 decoder blocks at its 384 width, 6 heads (for every preset but tiny)
+    reference_decoder = {"small": (4, 384, 6), "base": (4, 384, 6), "large": (4, 384, 6)}
     default_mask = {"strategy": "random", "ratio": 0.6}
     position_every_block = True
     config: PointsConfig

@@ -23,7 +23,7 @@ def build_model(spec: PipelineSpec) -> PolyMAE:
     """The model a spec describes, initialised from the run seed (same on every worker)."""
     torch.manual_seed(spec.seed)
     plugins = {s.name: make_plugin(s.modality, s.config) for s in spec.sources}  # keyed by stream name
-    return PolyMAE(plugins, spec.model.resolved(), {s.name: s.loss_weight for s in spec.sources})
+    return PolyMAE(plugins, spec.resolved_model(), {s.name: s.loss_weight for s in spec.sources})
 
 
 def save_checkpoint(

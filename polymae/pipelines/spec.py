@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polymae.modalities.registry import available_modalities, get_plugin_class
-from polymae.models.presets import PRESETS, ModelConfig
+from polymae.models.presets import ModelConfig, resolve_model_config
 from polymae.pipelines.dag import DEFAULT_STAGES, PAIRED_STAGES, check_stages
 from polymae.pipelines.spec_checks import mask_problems, pairing_problems
 from polymae.tokenizer.masking import MaskSpec
@@ -106,9 +106,6 @@ class ModelSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown model fields {unknown}; allowed: {', '.join(ModelConfig.model_fields)}")
         return value
-
-    def resolved(self) -> ModelConfig:
-        return ModelConfig(**{**PRESETS[self.preset].model_dump(), **self.overrides})
 
 
 class TrainSpec(_Strict):
@@ -248,6 +245,11 @@ class PipelineSpec(_Strict):
 
     def source(self, stream: str) -> SourceSpec:
         return self.streams[stream]
+
+    def resolved_model(self) -> ModelConfig:
+        """The model's settings: the preset, a one-stream run's reference decoder, the overrides."""
+        references = {s.name: get_plugin_class(s.modality).reference_decoder for s in self.sources}
+        return resolve_model_config(self.model.preset, self.model.overrides, references)
 
     def mask_specs(self) -> dict[str, MaskSpec]:
         """Per stream: the fields the spec sets over its plugin's reference mask."""
