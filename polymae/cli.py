@@ -50,7 +50,10 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _spec(args)
+    from polymae.orchestration.locations import enter_outputs_dir
     from polymae.orchestration.run import run_pipeline, shutdown
+
+    enter_outputs_dir(spec)  # a Ray Job's working directory may vanish mid-run: work in a stable one
 
     try:
         result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache)
@@ -76,8 +79,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from polymae.orchestration import jobs
+    from polymae.orchestration.locations import resolve_locations
 
-    job_id = jobs.submit(_spec(args), args.address, args.run_name, args.resume)
+    spec = _spec(args)
+    changed = resolve_locations(spec)  # the job's own working directory is temporary
+    if changed:
+        print("[polymae] resolved on this machine: " + "; ".join(changed) + ". A cluster of several "
+              "machines needs shared storage for outputs.dir and an MLflow server (docs/cluster.md)")
+    job_id = jobs.submit(spec, args.address, args.run_name, args.resume)
     print(f"[polymae] submitted job {job_id}; follow it with: polymae logs {job_id} --follow")
     if not args.wait:
         return 0
@@ -123,10 +132,11 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from polymae.orchestration.tracking import resolve_tracking_uri, set_alias
+    from polymae.orchestration.locations import resolve_tracking_uri
+    from polymae.orchestration.tracking import filter_value, set_alias
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    versions = MlflowClient(uri).search_model_versions(f"run_id = '{args.run}'")
+    versions = MlflowClient(uri).search_model_versions(f"run_id = {filter_value(args.run)}")
     if not versions:
         print(f"polymae: run {args.run} registered no model version", file=sys.stderr)
         return 2

@@ -2,13 +2,15 @@
 
 A checkpoint folder holds ``model.pt`` (state dict), ``optimizer.pt``, ``spec.yaml`` and
 ``state.json`` (``{"step": n, "sizes": {file: bytes}}``: a partly copied folder is incomplete);
-``spec.yaml`` is the resolved pipeline spec that built the model.
+``spec.yaml`` is the resolved pipeline spec that built the model. What leaves the run (the
+``checkpoint`` artifact, the registered model) is :func:`weights_only`: no optimizer state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -51,6 +53,21 @@ def is_complete(folder: str | Path) -> bool:
                    for n, size in sizes.items())
     except (OSError, ValueError):
         return False
+
+
+WEIGHTS_FILES = ("model.pt", "spec.yaml")  # what a model needs to load (state.json: its step)
+
+
+def weights_only(folder: str | Path, dest: str | Path) -> Path:
+    """Copy the model's files of checkpoint ``folder`` to ``dest`` (no ``optimizer.pt``: training
+    state stays with the run's storage), with a ``state.json`` that lists just them; → ``dest``."""
+    folder, dest = Path(folder), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WEIGHTS_FILES:
+        shutil.copy2(folder / name, dest / name)
+    sizes = {name: (dest / name).stat().st_size for name in WEIGHTS_FILES}
+    (dest / "state.json").write_text(json.dumps({"step": checkpoint_step(folder), "sizes": sizes}))
+    return dest
 
 
 def checkpoint_step(folder: str | Path) -> int:

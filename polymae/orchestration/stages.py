@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -26,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
+from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights, weights_only
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
@@ -120,7 +121,7 @@ class ScanStage(Stage):
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         sources = scan_sources(ctx.spec, stage)
         scanned = scan(ctx.spec, sources)  # also resolves dataset statistics into each source.config
-        folder = Path(ctx.spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder = Path(ctx.spec.outputs.dir) / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
         record = {"good": [vars(f) for f in scanned.good], "quarantine": scanned.quarantine,
@@ -191,7 +192,7 @@ class PairStage(Stage):
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         spec = ctx.spec
-        folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder = Path(spec.outputs.dir) / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
                       spec.pairing or PairingSpec(), folder, view_followers(spec.sources))
@@ -262,7 +263,8 @@ class TrainStage(Stage):
             trainer.fit()
             raise_recorded_fault(ctx.out_dir / "train")
         final = latest_checkpoint(ctx.out_dir / "train") or resume
-        ctx.client.log_artifacts(ctx.run_id, str(final), "checkpoint")
+        with tempfile.TemporaryDirectory(prefix="polymae-weights-") as tmp:  # the run keeps weights only
+            ctx.client.log_artifacts(ctx.run_id, str(weights_only(final, tmp)), "checkpoint")
         ctx.checkpoints[stage.name] = Path(final)
         return str(final)
 

@@ -37,6 +37,17 @@ class _Strict(BaseModel):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: stream names prefix column names ("rgb.values")
+# spec, stage and run names: no '/', no leading '.', no quotes or spaces (a run name becomes a
+# folder under outputs.dir, a shell word of a Ray Job's entrypoint and a value in MLflow filters)
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def check_run_name(name: str, field: str = "--run-name") -> str:
+    """``name`` if it is a valid run name; else a SpecError naming ``field`` and the rule."""
+    if not re.fullmatch(ID_PATTERN, name):
+        raise SpecError([f"{field} = {name!r}: letters, digits, '_', '-' and '.' only, starting with a "
+                         "letter or digit (it names a folder, a shell word and an MLflow tag value)"])
+    return name
 
 
 class SourceSpec(_Strict):
@@ -147,7 +158,7 @@ class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlflow.db here")
     experiment: str = "polymae"
     registered_model: str | None = Field(None, description="default: the spec's name")
-    run_name: str | None = Field(None, description="same name again = continue that run")
+    run_name: str | None = Field(None, pattern=ID_PATTERN, description="same name again = continue that run")
 
 
 class SplitSpec(_Strict):
@@ -198,14 +209,14 @@ class RuntimeSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=ID_PATTERN)
     kind: str = Field(description="a registered stage kind: scan, pair, train, evaluate, register, embed")
     needs: list[str] = Field(default_factory=list, description="stages that must finish first")
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
 
 
 class PipelineSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=ID_PATTERN)
     seed: int = 0
     sources: list[SourceSpec] = Field(min_length=1, description="the named streams of the samples")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
