@@ -17,6 +17,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from polymae.orchestration.checkpoint import checkpoint_step, resume_point
+from polymae.orchestration.locations import resolve_locations, resolve_tracking_uri
 from polymae.orchestration.runs import (
     RUN_NAME_TAG,
     experiment_id,
@@ -29,9 +30,9 @@ from polymae.orchestration.runs import (
 )
 from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
-from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri
+from polymae.orchestration.tracking import find_stage_output, record_stage
 from polymae.pipelines.dag import fingerprints, topological_order
-from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+from polymae.pipelines.spec import PipelineSpec, check_run_name, spec_to_yaml
 from polymae.pipelines.spec_diff import ForkError
 
 
@@ -87,6 +88,8 @@ def fork_source(spec: PipelineSpec, uri: str, run_name: str | None, run_id: str 
     if spec.train.resume_from:
         print(f"[polymae] --fork: train.resume_from {spec.train.resume_from} replaced by run {name!r}'s checkpoint")
     spec.train.resume_from = str(checkpoint)  # part of the fork's spec and its train fingerprint
+    if new_name:
+        check_run_name(new_name, "--fork")
     return source.info.run_id, fork_name(client, exp, name, new_name)
 
 
@@ -96,9 +99,11 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     continues that run (same MLflow run, training from its newest checkpoint) if the spec
     computes the same (:mod:`polymae.pipelines.spec_diff`); ``fork`` (a new name, or "" for
     ``<name>-fork-N``) instead starts a new run whose training starts from that run's newest
-    checkpoint."""
-    run_name = run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    uri = resolve_tracking_uri(spec.tracking.uri)
+    checkpoint. Every location is resolved here, at the start; nothing later reads the working
+    directory."""
+    run_name = check_run_name(run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    resolve_locations(spec)
+    uri = spec.tracking.uri
     forked_from = None
     if fork is not None:
         forked_from, run_name = fork_source(spec, uri, run_name, resume_run_id, fork or None)
@@ -111,7 +116,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
 
 def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_id: str, run_name: str,
                 resumed: bool, forked_from: str | None) -> RunResult:
-    out_dir = (Path(spec.outputs.dir) / run_name).resolve()
+    out_dir = Path(spec.outputs.dir) / check_run_name(run_name, f"the name of run {run_id}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)

@@ -29,6 +29,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from polymae import __version__
+from polymae.orchestration.locations import local_store_folder
+from polymae.orchestration.tracking import filter_value
 from polymae.pipelines.dag import spec_fingerprint
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 from polymae.pipelines.spec_diff import ForkError, SpecChangedError, refused_changes
@@ -59,9 +61,8 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    artifact_location = None
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:  # local store: artifacts beside it
-        artifact_location = Path("mlartifacts").resolve().as_uri()
+    store = local_store_folder(uri)  # a local store keeps its artifacts beside it
+    artifact_location = (store / "mlartifacts").as_uri() if store is not None else None
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
@@ -86,7 +87,7 @@ def find_run(client: MlflowClient, experiment: str, run_name: str, run_id: str |
     the experiment, else None."""
     if run_id is not None:
         return client.get_run(run_id)
-    previous = client.search_runs([experiment], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    previous = client.search_runs([experiment], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
                                   order_by=["attributes.start_time DESC"], max_results=1)
     return previous[0] if previous else None
 
