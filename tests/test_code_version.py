@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from polymae.cli import main
 from polymae.modalities import registry
 from polymae.orchestration.run import plan
 from polymae.orchestration.tracking import record_stage
 from polymae.pipelines import code_version
 from polymae.pipelines.dag import fingerprints
-from polymae.pipelines.spec import parse_spec
+from polymae.pipelines.spec import parse_spec, spec_to_yaml
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples/data/images"
 PLUGIN = '''from polymae.modalities.image import ImagePlugin
@@ -44,16 +45,27 @@ def _spec(tmp_path):
                        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "code"}})
 
 
-def test_editing_a_plugins_module_turns_reuse_into_run(tmp_path, edited_plugin):
+def _plan_actions(spec_file, capsys) -> list[str]:
+    """`polymae plan`'s action column (each stage's last word: "run", or the run id it reuses)."""
+    capsys.readouterr()
+    assert main(["plan", str(spec_file)]) == 0
+    return [line.split()[4] for line in capsys.readouterr().out.splitlines()[1:]]
+
+
+def test_editing_a_plugins_module_turns_reuse_into_run(tmp_path, edited_plugin, capsys):
     spec = _spec(tmp_path)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec_to_yaml(spec))
     client = MlflowClient(spec.tracking.uri)
     run = client.create_run(client.create_experiment("code"))
     for name, fingerprint in fingerprints(spec).items():  # as a finished run records its stages
         record_stage(client, run.info.run_id, name, fingerprint, str(tmp_path / name))
     assert all(s.reuse for s in plan(spec))
+    assert _plan_actions(spec_file, capsys) == ["reuse"] * len(spec.stages)
 
     edited_plugin.write_text(PLUGIN + "    # a changed decoder\n")
     assert not any(s.reuse for s in plan(_spec(tmp_path))), "an edited plugin must run its stages again"
+    assert _plan_actions(spec_file, capsys) == ["run"] * len(spec.stages)
 
 
 def test_the_package_hash_follows_every_source_file(tmp_path):

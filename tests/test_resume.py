@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,13 @@ def test_a_reused_run_name_with_a_changed_spec_is_refused_before_anything_is_wri
     assert "lr: 0.0015" in Path(client.download_artifacts(run_id, GIVEN_SPEC, str(tmp_path))).read_text()
 
 
+def test_a_reopened_run_keeps_the_resume_from_it_started_with(tmp_path, store):
+    start_run(_spec(tmp_path, resume_from="/ckpt/of/the/forked/run"), store, "started-from")  # as --fork starts one
+    spec = _spec(tmp_path)  # the spec as written: no resume_from
+    _, _, resumed = start_run(spec, store, "started-from")
+    assert resumed and spec.train.resume_from == "/ckpt/of/the/forked/run"
+
+
 def test_fork_names_count_up_and_a_used_name_is_refused(tmp_path, store):
     spec = _spec(tmp_path)
     start_run(spec, store, "base")
@@ -152,6 +160,16 @@ def test_sigterm_ends_the_run_killed_and_the_old_handler_comes_back(tmp_path, st
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags[FAILURE_TAG]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_sigterm_that_rays_handler_turns_into_sys_exit_ends_the_run_killed(tmp_path, store):
+    run_id, _, _ = start_run(_spec(tmp_path), store, "ray-sigterm")
+    with pytest.raises(SystemExit), run_status(store, run_id):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init sets on a driver
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags[FAILURE_TAG]
 
 
 def test_a_finished_block_ends_finished(tmp_path, store):

@@ -129,12 +129,14 @@ def resume_point(storage: str | Path, resume_from: str | Path | None = None,
                  restored: str | Path | None = None) -> tuple[Path | None, str]:
     """The checkpoint a train stage starts from, and why: the one place that chooses.
 
-    In this order:
+    Which run it is decides ``storage`` (:func:`polymae.orchestration.runs.start_run`): the run
+    ``--resume RUN_ID`` names, else the earlier run of the same ``--run-name`` (reopened only
+    if its spec computes the same), else a new run with an empty folder. Then, in this order:
 
     1. this run's own checkpoints: the newer of ``restored`` (Ray Train's checkpoint when it
        restarts a failed worker group within an attempt) and the newest complete one in the
-       run's storage folder ``storage`` (a run reopened by name or ``--resume``, or one
-       persisted after Ray Train's last poll);
+       run's storage folder ``storage`` (a reopened run's, or one persisted after Ray Train's
+       last poll);
     2. ``resume_from`` (``train.resume_from``; a ``--fork`` sets it to the forked run's newest);
     3. nothing: training starts fresh.
 

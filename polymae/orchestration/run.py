@@ -108,10 +108,11 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     if fork is not None:
         forked_from, run_name = fork_source(spec, uri, run_name, resume_run_id, fork or None)
         resume_run_id = None
-    planned = plan(spec, use_cache)  # before the run exists: a run never reuses its own new output
+    # start_run refuses a changed spec before anything is written, and may complete the spec
+    # (a reopened run's train.resume_from), so the fingerprints are computed after it
     run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id, forked_from)
     with run_status(uri, run_id):
-        return _run_stages(spec, planned, uri, run_id, run_name, resumed, forked_from)
+        return _run_stages(spec, plan(spec, use_cache), uri, run_id, run_name, resumed, forked_from)
 
 
 def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_id: str, run_name: str,

@@ -105,7 +105,8 @@ def given_spec(client: MlflowClient, run: Run) -> dict[str, Any] | None:
 
 def check_same_spec(client: MlflowClient, run: Run, spec: PipelineSpec) -> None:
     """Raise SpecChangedError naming each field (``train.lr: 0.0015 → 0.003``) when ``spec``
-    changes what ``run`` computes (:mod:`polymae.pipelines.spec_diff` lists what may change)."""
+    changes what ``run`` computes (:mod:`polymae.pipelines.spec_diff` lists what may change).
+    A ``spec`` without ``train.resume_from`` takes the run's own (set in place)."""
     name = run.data.tags.get(RUN_NAME_TAG, run.info.run_name)
     old = given_spec(client, run)
     if old is None:  # only the fingerprint to go by
@@ -114,6 +115,12 @@ def check_same_spec(client: MlflowClient, run: Run, spec: PipelineSpec) -> None:
             raise SpecChangedError(name, [f"spec fingerprint: {before[:12]} → {spec_fingerprint(spec)[:12]} "
                                           f"(the run predates {GIVEN_SPEC}: fields unknown)"])
         return
+    given_from = (old.get("train") or {}).get("resume_from")
+    if given_from and not spec.train.resume_from:
+        # a fork (or a run started from a checkpoint) is continued with the spec as written,
+        # without the resume_from its start added: it keeps the weights it started from
+        print(f"[polymae] run {name!r}: train.resume_from {given_from} kept from the run's start")
+        spec.train.resume_from = given_from
     refused = refused_changes(old, spec.model_dump(mode="json"))
     if refused:
         raise SpecChangedError(name, refused)
@@ -178,10 +185,21 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise RunStopped(f"stopped by signal {signal.Signals(signum).name}")
 
 
+def _ending(err: BaseException) -> tuple[str, str]:
+    """(status, reason) of a run that ``err`` ends. ``ray.init`` replaces a driver's SIGTERM
+    handler with one that calls ``sys.exit(15)``, so once Ray is up a stop arrives as a
+    SystemExit: any SystemExit mid-run is a request to stop, not a failure."""
+    if isinstance(err, SystemExit):
+        why = "stopped by signal SIGTERM" if err.code == signal.SIGTERM else "stopped"
+        return "KILLED", f"SystemExit: {why} (exit code {err.code})"
+    status = "KILLED" if isinstance(err, (KeyboardInterrupt, RunStopped)) else "FAILED"
+    return status, f"{type(err).__name__}: {err}"[:FAILURE_CHARS]
+
+
 @contextlib.contextmanager
 def run_status(uri: str, run_id: str) -> Iterator[None]:
-    """End the run FINISHED when the block finishes, KILLED on KeyboardInterrupt or SIGTERM,
-    FAILED on any other exception, with ``polymae.failure`` = the reason (type: message,
+    """End the run FINISHED when the block finishes, KILLED on KeyboardInterrupt, SIGTERM or
+    SystemExit, FAILED on any other exception, with ``polymae.failure`` = the reason (type: message,
     truncated). SIGTERM is turned into :class:`RunStopped` while the block runs (main thread)."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
@@ -189,8 +207,7 @@ def run_status(uri: str, run_id: str) -> Iterator[None]:
     try:
         yield
     except BaseException as err:
-        status = "KILLED" if isinstance(err, (KeyboardInterrupt, RunStopped)) else "FAILED"
-        reason = f"{type(err).__name__}: {err}"[:FAILURE_CHARS]
+        status, reason = _ending(err)
         try:
             client.set_tag(run_id, FAILURE_TAG, reason)
             client.set_terminated(run_id, status=status)
@@ -200,5 +217,5 @@ def run_status(uri: str, run_id: str) -> Iterator[None]:
     else:
         client.set_terminated(run_id)
     finally:
-        if main:
+        if main and previous is not None:  # None: a handler not set from Python, nothing to put back
             signal.signal(signal.SIGTERM, previous)

@@ -34,7 +34,7 @@ class StageKind:
 
 # train fields that change how training runs but not what it computes (resume_from does: the
 # weights training starts from)
-_TRAIN_LOGISTICS = {"workers", "cpus_per_worker", "use_gpu", "log_every", "checkpoint_every",
+TRAIN_LOGISTICS = {"workers", "cpus_per_worker", "use_gpu", "log_every", "checkpoint_every",
                     "max_failures", "placement_strategy"}
 
 
@@ -60,7 +60,7 @@ def _scan_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
 
 def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
     return {"seed": spec.seed, "model": spec.resolved_model().model_dump(mode="json"),
-            "train": spec.train.model_dump(mode="json", exclude=_TRAIN_LOGISTICS),
+            "train": spec.train.model_dump(mode="json", exclude=TRAIN_LOGISTICS),
             "split": spec.split.model_dump(mode="json"),
             "mask": {m: s.model_dump(mode="json") for m, s in spec.mask_specs().items()}}
 

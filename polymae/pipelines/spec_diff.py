@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-ALLOWED_ON_RESUME = ("tracking", "runtime", "outputs.token_shards", "train.workers", "train.cpus_per_worker",
-                     "train.use_gpu", "train.log_every", "train.checkpoint_every", "train.max_failures",
-                     "train.placement_strategy")
+from polymae.pipelines.dag import TRAIN_LOGISTICS
+
+# the train logistics are the train stage fingerprint's own list, so the two cannot drift apart
+ALLOWED_ON_RESUME = ("tracking", "runtime", "outputs.token_shards", *sorted(f"train.{f}" for f in TRAIN_LOGISTICS))
 
 
 class SpecChangedError(ValueError):

@@ -2,6 +2,7 @@
 tags, registry aliases, embeddings to Parquet, a killed training worker, and MLflow logging
 that catches up after the server comes back."""
 
+import json
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,11 @@ def test_unchanged_stages_are_reused_and_models_get_aliases_and_embeddings(
     assert vectors.shape == (11, 192) and np.isfinite(vectors).all() and np.ptp(vectors, axis=0).max() > 0
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
     assert [r["path"].rsplit("/", 1)[1] for r in quarantine] == ["corrupt.jpg"]
+    # embedding again into the same folder replaces the rows (it does not add a second set)
+    assert main(["embed", str(photo_folder), "--model", "models:/ops-mae@champion", "--output", str(out),
+                 "--tracking-uri", mlflow_server]) == 0
+    assert pq.read_table(out / "embeddings").num_rows == 11
+    assert json.loads((out / "embed.done.json").read_text())["rows"] == 11
     # the rows are the registered model's embedding of each file (no masking at inference)
     model, _ = load_registered_model("models:/ops-mae@champion", mlflow_server)
     assert model.cfg.width == 192

@@ -1,29 +1,33 @@
 """`polymae run` end to end against a real MLflow server, with 2 Ray Train workers (gloo),
-checkpoints, the registered model loaded back, and a resumed run that continues its steps."""
+checkpoints, the registered model loaded back, a resumed run that continues its steps, a
+changed spec under the same name refused and forked, and a failing run marked FAILED."""
 
 import shutil
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
 from polymae.orchestration.evaluation import evaluate
 from polymae.orchestration.run import run_pipeline
+from polymae.orchestration.runs import FAILURE_TAG
 from polymae.orchestration.tracking import load_registered_model
 from polymae.pipelines.spec import parse_spec
+from polymae.pipelines.spec_diff import SpecChangedError
 
 pytestmark = pytest.mark.integration
 
 
-def _spec(folder, tmp_path, uri, steps):
+def _spec(folder, tmp_path, uri, steps, lr=1e-3):
     return parse_spec({
         "name": "itest",
         "seed": 1,
         "sources": [{"modality": "image", "paths": [str(folder)],
                      "config": {"img_size": 64, "max_pixels": 1_000_000}}],
         "model": {"preset": "tiny", "overrides": {"depth": 2, "decoder_depth": 1}},
-        "train": {"steps": steps, "batch_size": 4, "workers": 2, "lr": 1e-3, "warmup_steps": 2,
+        "train": {"steps": steps, "batch_size": 4, "workers": 2, "lr": lr, "warmup_steps": 2,
                   "checkpoint_every": 3, "log_every": 1, "precision": "fp32"},
         "tracking": {"uri": uri, "experiment": "itest", "registered_model": "itest-mae"},
         "outputs": {"dir": str(tmp_path / "runs"), "token_shards": True},
@@ -53,7 +57,7 @@ def test_run_logs_registers_and_resumes(tmp_path, photo_paths, bad_image_files, 
     assert renders == {"renders/step000000.png", "renders/step000006.png"}
     losses = client.get_metric_history(first.run_id, "train/loss")
     assert [m.step for m in losses] == [1, 2, 3, 4, 5, 6]
-    assert list((first.output_dir / "tokens").glob("*.parquet")), "token shards not written"
+    assert pq.read_table(first.output_dir / "tokens").num_rows == 11, "token shards not written"
 
     # the registered model loads back and reproduces the logged loss on the fixed batch
     version = client.get_model_version("itest-mae", first.model_version)
@@ -72,3 +76,36 @@ def test_run_logs_registers_and_resumes(tmp_path, photo_paths, bad_image_files, 
     steps = [m.step for m in client.get_metric_history(first.run_id, "train/loss")]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert int(second.model_version) == int(first.model_version) + 1
+    assert pq.read_table(first.output_dir / "tokens").num_rows == 11  # written again, not appended
+
+    # a changed learning rate under the same name: refused, naming the field, before anything runs
+    with pytest.raises(SpecChangedError, match=r"train.lr: 0.001 → 0.002"):
+        run_pipeline(_spec(folder, tmp_path, mlflow_server, steps=11, lr=2e-3), run_name="itest-run")
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")][-1] == 9
+    # --fork: a new run under the new spec, training from the old run's step-9 checkpoint
+    fork = run_pipeline(_spec(folder, tmp_path, mlflow_server, steps=11, lr=2e-3), run_name="itest-run", fork="")
+    assert fork.run_name == "itest-run-fork-1" and fork.run_id != first.run_id and not fork.resumed
+    assert fork.final_step == 11 and fork.stages["scan"] == f"reused {first.run_id}" and fork.stages["train"] == "ran"
+    assert [m.step for m in client.get_metric_history(fork.run_id, "train/loss")] == [10, 11]
+    tags = client.get_run(fork.run_id).data.tags
+    assert tags["polymae.forked_from"] == first.run_id and "train.resume_from, step 9" in tags[
+        "polymae.stage.train.started_from"]
+    # the fork's name again with the spec as written (no resume_from): the same run, nothing to redo
+    again = run_pipeline(_spec(folder, tmp_path, mlflow_server, steps=11, lr=2e-3), run_name=fork.run_name)
+    assert again.resumed and again.run_id == fork.run_id and again.final_step == 11
+    assert again.stages["train"] == f"reused {fork.run_id}", again.stages
+
+
+def test_a_run_that_fails_ends_failed_with_the_reason(tmp_path, bad_image_files, ray_local, mlflow_server):
+    folder = tmp_path / "bad"  # only bad files: the scan quarantines all, and the run stops there
+    folder.mkdir()
+    for name, data in bad_image_files.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(RuntimeError, match="no usable input files"):
+        run_pipeline(_spec(folder, tmp_path, mlflow_server, steps=2), run_name="itest-fails")
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("itest").experiment_id
+    run = client.search_runs([exp], filter_string="tags.`polymae.run_name` = 'itest-fails'")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags[FAILURE_TAG] == "RuntimeError: no usable input files: see the quarantine table"
