@@ -33,11 +33,26 @@ def _cmd_modalities(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugin_settings(spec: PipelineSpec) -> list[str]:
+    """Per stream, the plugin config it runs with (the spec's fields over the plugin's
+    defaults), as YAML comment lines: the output of ``validate`` stays a loadable spec."""
+    from polymae.modalities.registry import get_plugin_class
+
+    lines = ["# plugin settings that apply (the spec's fields over each plugin's defaults):"]
+    for source in spec.sources:
+        resolved = get_plugin_class(source.modality).Config(**source.config).model_dump(mode="json")
+        lines.append(f"#   {source.name} ({source.modality}):")
+        lines += [f"#     {key}: {value}" + ("" if key in source.config else "   (default)")
+                  for key, value in resolved.items()]
+    return lines
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from polymae.pipelines.spec import spec_to_yaml
 
     spec = load_spec(args.spec, args.set)
     print(spec_to_yaml(spec), end="")
+    print("\n".join(plugin_settings(spec)))
     return 0
 
 
