@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
+from pathlib import Path
 
 from polymae.pipelines.spec import PipelineSpec, SpecError, load_spec
 
@@ -65,16 +68,32 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    from polymae.orchestration.run import run_pipeline, shutdown
+    from polymae.orchestration.console import CONSOLE, failure_reason
+    from polymae.orchestration.run import StageFailed, run_pipeline, shutdown
+    from polymae.orchestration.runtime import quiet_ray
 
+    if not args.verbose:  # Ray's, Ray Data's and MLflow's output into the run folder's log
+        quiet_ray()
+        pending = Path(spec.outputs.dir).resolve() / f".polymae-{os.getpid()}.log"  # until the run has its folder
+        CONSOLE.capture(pending)
     try:
         result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache)
+    except Exception as err:  # one clear message; the whole traceback goes to the log
+        traceback.print_exc()
+        where = err.args[0] if isinstance(err, StageFailed) else "polymae run failed"
+        cause = err.__cause__ if isinstance(err, StageFailed) and err.__cause__ else err
+        log = f"full log: {CONSOLE.log_path}" if CONSOLE.log_path else "the traceback is above"
+        CONSOLE.say(f"polymae: {where}: {failure_reason(cause)}\n    {log}")
+        return 1
     finally:
         shutdown()
+        CONSOLE.release()
     uri = result.tracking_uri
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     print(f"[polymae] MLflow run {result.run_id} in experiment {spec.tracking.experiment!r}; "
           f"open the UI with:\n    {ui}")
+    if CONSOLE.log_path:
+        print(f"[polymae] Ray's and MLflow's output: {CONSOLE.log_path}")
     return 0
 
 
@@ -207,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", help="MLflow/output run name; the same name again resumes")
     run.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
     run.add_argument("--no-cache", action="store_true", help="run every stage, reusing nothing")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream Ray's and MLflow's output live instead of into <run folder>/logs/run.log")
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", help="print the stage DAG and which stages would run or be reused")

@@ -16,11 +16,20 @@ from pathlib import Path
 import ray
 
 from polymae.orchestration.checkpoint import checkpoint_step
+from polymae.orchestration.console import CONSOLE, LOG_NAME, say
 from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
 from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
 from polymae.pipelines.dag import fingerprints, topological_order
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the cause is chained (``__cause__``)."""
+
+    def __init__(self, stage: str, kind: str) -> None:
+        super().__init__(f"stage {stage} ({kind}) failed")
+        self.stage, self.kind = stage, kind
 
 
 @dataclass
@@ -68,9 +77,10 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id)
     out_dir = (Path(spec.outputs.dir) / run_name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    CONSOLE.move_log(out_dir / LOG_NAME)  # while the console is captured: the log joins the run folder
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)
-    print(f"[polymae] run {run_name!r} ({'resumed' if resumed else 'new'}): MLflow {uri} run {run_id}")
+    say(f"run {run_name!r} ({'resumed' if resumed else 'new'}): MLflow {uri} run {run_id}")
 
     ctx = RunContext(spec, run_id, uri, out_dir, {p.name: p.fingerprint for p in planned})
     by_name = {s.name: s for s in spec.stages}
@@ -78,13 +88,16 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     for step in planned:
         stage, runner = by_name[step.name], STAGES[step.kind]
         if step.reuse and runner.restore(ctx, stage, step.reuse[1]):
-            print(f"[polymae] stage {step.name} ({step.kind}): unchanged, reusing {step.reuse[1]} "
+            say(f"stage {step.name} ({step.kind}): unchanged, reusing {step.reuse[1]} "
                   f"(run {step.reuse[0]})")
             record_stage(ctx.client, run_id, step.name, step.fingerprint, step.reuse[1], reused_from=step.reuse[0])
             done[step.name] = f"reused {step.reuse[0]}"
             continue
-        print(f"[polymae] stage {step.name} ({step.kind}): running")
-        output = runner.run(ctx, stage)
+        say(f"stage {step.name} ({step.kind}): running")
+        try:
+            output = runner.run(ctx, stage)
+        except Exception as err:
+            raise StageFailed(step.name, step.kind) from err
         record_stage(ctx.client, run_id, step.name, step.fingerprint, output)
         done[step.name] = "ran"
 
@@ -96,7 +109,7 @@ def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id:
     results = [f"step {final_step}"] if checkpoint else []  # only what the DAG's stages made
     results += [f"eval loss {ctx.eval_loss}"] if ctx.eval_loss is not None else []
     results += [f"model {model} v{ctx.model_version}"] if ctx.model_version is not None else []
-    print(f"[polymae] done: {', '.join(results) or 'finished'}; outputs in {out_dir}")
+    say(f"done: {', '.join(results) or 'finished'}; outputs in {out_dir}")
     return RunResult(run_id, run_name, uri, out_dir, counts, final_step, ctx.eval_loss, checkpoint,
                      ctx.model_version, resumed, done)
 

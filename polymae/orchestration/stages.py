@@ -26,10 +26,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
+from polymae.orchestration.console import Progress, say
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
 from polymae.orchestration.train import train_loop_per_worker
+from polymae.orchestration.train_progress import TrainingProgress
 from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
 from polymae.pipelines.data import fixed_batch, token_dataset, write_token_shards
 from polymae.pipelines.files import Sample, SampleFile
@@ -118,7 +120,10 @@ class ScanStage(Stage):
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         sources = scan_sources(ctx.spec, stage)
-        scanned = scan(ctx.spec, sources)  # also resolves dataset statistics into each source.config
+        bar = Progress("scan: files", 0)
+        # also resolves dataset statistics into each source.config
+        scanned = scan(ctx.spec, sources, progress=lambda done, total: bar.update(done, total=total))
+        bar.close()
         folder = Path(ctx.spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
@@ -148,6 +153,9 @@ class ScanStage(Stage):
         log_counts(ctx, scanned)
 
 
+SHOWN_FILES = 10  # quarantined / skipped files named on the console
+
+
 def log_counts(ctx: RunContext, data: ScanResult) -> None:
     """The run's counts (one schema, in total and per stream), quarantine and skip tables, into
     the run and the console. A later data stage (pair) logs them again: the last one holds."""
@@ -161,19 +169,24 @@ def log_counts(ctx: RunContext, data: ScanResult) -> None:
     for name, per_stream in data.counts_by_stream.items():  # the same schema for one stream or many
         for key, value in per_stream.items():
             client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
-    print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
+    say(f"files: {counts['total']} total = {counts['tokenized']} tokenized "
           f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}) + {counts['skipped']} skipped; "
           f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch; "
           f"{counts['views_skipped']} views skipped")
     if len(data.streams) > 1:
         for name, c in data.counts_by_stream.items():
-            print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
+            say(f"  stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
                   f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples; "
                   f"{c['views_skipped']} views skipped")
-    for row in data.quarantine:
-        print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
-    for row in data.skipped:
-        print(f"[polymae]   skipped {row['path']}: {row['reason']}")
+    listed = [f"  quarantined {r['path']}: {r['stage']}: {r['reason']}" for r in data.quarantine]
+    listed += [f"  skipped {r['path']}: {r['reason']}" for r in data.skipped]
+    for i, line in enumerate(listed):  # the console names the first few; the log and the tables hold all
+        if i < SHOWN_FILES:
+            say(line)
+        else:
+            print(f"[polymae] {line}", flush=True)
+    if len(listed) > SHOWN_FILES:
+        say(f"  … and {len(listed) - SHOWN_FILES} more (all in quarantine.parquet, skipped.parquet and the log)")
     if not data.good:
         raise RuntimeError("no usable input files: see the quarantine table")
     last = data.paired is not None or "pair" not in {s.kind for s in ctx.spec.stages}  # the data stage before training
@@ -224,7 +237,7 @@ class TrainStage(Stage):
         spec, train = ctx.spec, ctx.spec.train
         files, heldout = ctx.split_of(stage)
         if heldout:
-            print(f"[polymae] split: {len(files)} files for training, {len(heldout)} held out for evaluation")
+            say(f"split: {len(files)} files for training, {len(heldout)} held out for evaluation")
             for key, value in {"train_files": len(files), "heldout_files": len(heldout)}.items():
                 ctx.client.log_metric(ctx.run_id, f"data/{key}", value)
         resume = latest_checkpoint(ctx.out_dir / "train") or train.resume_from
@@ -257,7 +270,8 @@ class TrainStage(Stage):
                                      checkpoint_config=CheckpointConfig(num_to_keep=2),
                                      failure_config=FailureConfig(max_failures=train.max_failures)),
             )
-            trainer.fit()
+            with TrainingProgress(ctx.client, ctx.run_id, train.steps, start_step):
+                trainer.fit()
         final = latest_checkpoint(ctx.out_dir / "train") or resume
         ctx.client.log_artifacts(ctx.run_id, str(final), "checkpoint")
         ctx.checkpoints[stage.name] = Path(final)
