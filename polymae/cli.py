@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
 from polymae.pipelines.spec import PipelineSpec, SpecError, load_spec
 from polymae.pipelines.spec_diff import ForkError, SpecChangedError
@@ -34,11 +36,26 @@ def _cmd_modalities(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugin_settings(spec: PipelineSpec) -> list[str]:
+    """Per stream, the plugin config it runs with (the spec's fields over the plugin's
+    defaults), as YAML comment lines: the output of ``validate`` stays a loadable spec."""
+    from polymae.modalities.registry import get_plugin_class
+
+    lines = ["# plugin settings that apply (the spec's fields over each plugin's defaults):"]
+    for source in spec.sources:
+        resolved = get_plugin_class(source.modality).Config(**source.config).model_dump(mode="json")
+        lines.append(f"#   {source.name} ({source.modality}):")
+        lines += [f"#     {key}: {value}" + ("" if key in source.config else "   (default)")
+                  for key, value in resolved.items()]
+    return lines
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from polymae.pipelines.spec import spec_to_yaml
 
     spec = load_spec(args.spec, args.set)
     print(spec_to_yaml(spec), end="")
+    print("\n".join(plugin_settings(spec)))
     return 0
 
 
@@ -51,20 +68,36 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _spec(args)
+    from polymae.orchestration.console import CONSOLE, failure_reason
     from polymae.orchestration.locations import enter_outputs_dir
-    from polymae.orchestration.run import run_pipeline, shutdown
+    from polymae.orchestration.run import StageFailed, run_pipeline, shutdown
+    from polymae.orchestration.runtime import quiet_ray
 
-    enter_outputs_dir(spec)  # a Ray Job's working directory may vanish mid-run: work in a stable one
-
+    outputs = enter_outputs_dir(spec)  # a Ray Job's working directory may vanish mid-run: work in a stable one
+    if not args.verbose:  # Ray's, Ray Data's and MLflow's output into the run folder's log
+        quiet_ray()
+        CONSOLE.capture(outputs / f".polymae-{os.getpid()}.log")  # until the run has its folder
     try:
         result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache,
                               fork=args.fork)
+    except (SpecChangedError, ForkError):  # refused before anything started: main() says why
+        raise
+    except Exception as err:  # one clear message; the whole traceback goes to the log
+        traceback.print_exc()
+        where = err.args[0] if isinstance(err, StageFailed) else "polymae run failed"
+        cause = err.__cause__ if isinstance(err, StageFailed) and err.__cause__ else err
+        log = f"full log: {CONSOLE.log_path}" if CONSOLE.log_path else "the traceback is above"
+        CONSOLE.say(f"polymae: {where}: {failure_reason(cause)}\n    {log}")
+        return 1
     finally:
         shutdown()
+        CONSOLE.release()
     uri = result.tracking_uri
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     print(f"[polymae] MLflow run {result.run_id} in experiment {spec.tracking.experiment!r}; "
           f"open the UI with:\n    {ui}")
+    if CONSOLE.log_path:
+        print(f"[polymae] Ray's and MLflow's output: {CONSOLE.log_path}")
     return 0
 
 
@@ -219,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint")
     _fork_arg(run)
     run.add_argument("--no-cache", action="store_true", help="run every stage, reusing nothing")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream Ray's and MLflow's output live instead of into <run folder>/logs/run.log")
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", help="print the stage DAG and which stages would run or be reused")

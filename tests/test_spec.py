@@ -98,3 +98,34 @@ def test_depth_example_spec_is_valid_with_the_plugins_multimae_defaults():
     assert (mask.strategy, mask.ratio) == ("random", 0.75)
     files = discover(source, make_plugin("depth").extensions)
     assert sorted(Path(f.path).name for f in files) == ["kinect_0001.png", "motorcycle.png"]
+
+
+@pytest.mark.parametrize(
+    "assignment, expected",
+    [
+        ("train.steps=[1", "the value of train.steps is not valid YAML"),  # was a raw yaml traceback
+        ("train.steps", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_set_is_one_clear_line(tmp_path, assignment, expected):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec()))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec_file, [assignment])
+    assert info.value.problems == [info.value.problems[0]] and expected in info.value.problems[0]
+    assert str(info.value).count("invalid pipeline spec") == 1, str(info.value)  # not nested
+
+
+def test_cli_bad_set_prints_no_traceback(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec()))
+    proc = subprocess.run([sys.executable, "-m", "polymae.cli", "validate", str(spec_file), "--set", "train.steps=[1"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "train.steps" in proc.stderr, proc.stderr
+
+
+def test_typo_inside_a_mask_lists_the_mask_fields():
+    with pytest.raises(SpecError) as info:
+        parse_spec(_spec(tokenizer={"mask": {"image": {"ration": 0.5}}}))
+    line = next(p for p in info.value.problems if "ration" in p)
+    assert "tokenizer.mask.image.ration" in line and "allowed: strategy, ratio" in line, line

@@ -17,6 +17,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from polymae.orchestration.checkpoint import checkpoint_step, resume_point
+from polymae.orchestration.console import CONSOLE, LOG_NAME, say
 from polymae.orchestration.locations import resolve_locations, resolve_tracking_uri
 from polymae.orchestration.runs import (
     RUN_NAME_TAG,
@@ -34,6 +35,14 @@ from polymae.orchestration.tracking import find_stage_output, record_stage
 from polymae.pipelines.dag import fingerprints, topological_order
 from polymae.pipelines.spec import PipelineSpec, check_run_name, spec_to_yaml
 from polymae.pipelines.spec_diff import ForkError
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the cause is chained (``__cause__``)."""
+
+    def __init__(self, stage: str, kind: str) -> None:
+        super().__init__(f"stage {stage} ({kind}) failed")
+        self.stage, self.kind = stage, kind
 
 
 @dataclass
@@ -86,7 +95,7 @@ def fork_source(spec: PipelineSpec, uri: str, run_name: str | None, run_id: str 
     if checkpoint is None:
         raise ForkError(f"--fork: run {name!r} has no checkpoint to start from")
     if spec.train.resume_from:
-        print(f"[polymae] --fork: train.resume_from {spec.train.resume_from} replaced by run {name!r}'s checkpoint")
+        say(f"--fork: train.resume_from {spec.train.resume_from} replaced by run {name!r}'s checkpoint")
     spec.train.resume_from = str(checkpoint)  # part of the fork's spec and its train fingerprint
     if new_name:
         check_run_name(new_name, "--fork")
@@ -119,10 +128,11 @@ def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_i
                 resumed: bool, forked_from: str | None) -> RunResult:
     out_dir = Path(spec.outputs.dir) / check_run_name(run_name, f"the name of run {run_id}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    CONSOLE.move_log(out_dir / LOG_NAME)  # while the console is captured: the log joins the run folder
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)
     how = "resumed" if resumed else f"forked from run {forked_from}" if forked_from else "new"
-    print(f"[polymae] run {run_name!r} ({how}): MLflow {uri} run {run_id}")
+    say(f"run {run_name!r} ({how}): MLflow {uri} run {run_id}")
 
     ctx = RunContext(spec, run_id, uri, out_dir, {p.name: p.fingerprint for p in planned})
     by_name = {s.name: s for s in spec.stages}
@@ -130,13 +140,16 @@ def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_i
     for step in planned:
         stage, runner = by_name[step.name], STAGES[step.kind]
         if step.reuse and runner.restore(ctx, stage, step.reuse[1]):
-            print(f"[polymae] stage {step.name} ({step.kind}): unchanged, reusing {step.reuse[1]} "
+            say(f"stage {step.name} ({step.kind}): unchanged, reusing {step.reuse[1]} "
                   f"(run {step.reuse[0]})")
             record_stage(ctx.client, run_id, step.name, step.fingerprint, step.reuse[1], reused_from=step.reuse[0])
             done[step.name] = f"reused {step.reuse[0]}"
             continue
-        print(f"[polymae] stage {step.name} ({step.kind}): running")
-        output = runner.run(ctx, stage)
+        say(f"stage {step.name} ({step.kind}): running")
+        try:
+            output = runner.run(ctx, stage)
+        except Exception as err:
+            raise StageFailed(step.name, step.kind) from err
         record_stage(ctx.client, run_id, step.name, step.fingerprint, output)
         done[step.name] = "ran"
 
@@ -147,7 +160,7 @@ def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_i
     results = [f"step {final_step}"] if checkpoint else []  # only what the DAG's stages made
     results += [f"eval loss {ctx.eval_loss}"] if ctx.eval_loss is not None else []
     results += [f"model {model} v{ctx.model_version}"] if ctx.model_version is not None else []
-    print(f"[polymae] done: {', '.join(results) or 'finished'}; outputs in {out_dir}")
+    say(f"done: {', '.join(results) or 'finished'}; outputs in {out_dir}")
     return RunResult(run_id, run_name, uri, out_dir, counts, final_step, ctx.eval_loss, checkpoint,
                      ctx.model_version, resumed, done)
 

@@ -29,6 +29,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from polymae import __version__
+from polymae.orchestration.console import say
 from polymae.orchestration.locations import local_store_folder
 from polymae.orchestration.tracking import filter_value
 from polymae.pipelines.dag import spec_fingerprint
@@ -119,7 +120,7 @@ def check_same_spec(client: MlflowClient, run: Run, spec: PipelineSpec) -> None:
     if given_from and not spec.train.resume_from:
         # a fork (or a run started from a checkpoint) is continued with the spec as written,
         # without the resume_from its start added: it keeps the weights it started from
-        print(f"[polymae] run {name!r}: train.resume_from {given_from} kept from the run's start")
+        say(f"run {name!r}: train.resume_from {given_from} kept from the run's start")
         spec.train.resume_from = given_from
     refused = refused_changes(old, spec.model_dump(mode="json"))
     if refused:

@@ -32,5 +32,11 @@ def init_ray(spec: PipelineSpec) -> None:
     )
 
 
+def quiet_ray() -> None:
+    """No Ray Data progress bars (their escape codes would fill the log); the console shows
+    PolyMAE's own progress lines. The setting travels with the datasets made after it."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0

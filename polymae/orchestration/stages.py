@@ -35,10 +35,12 @@ from polymae.orchestration.checkpoint import (
     resume_point,
     weights_only,
 )
+from polymae.orchestration.console import Progress, say
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
 from polymae.orchestration.train import FAULT_FILE, raise_recorded_fault, train_loop_per_worker
+from polymae.orchestration.train_progress import TrainingProgress
 from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
 from polymae.pipelines.data import fixed_batch, token_dataset, write_token_shards
 from polymae.pipelines.files import Sample, SampleFile
@@ -127,7 +129,10 @@ class ScanStage(Stage):
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         sources = scan_sources(ctx.spec, stage)
-        scanned = scan(ctx.spec, sources)  # also resolves dataset statistics into each source.config
+        bar = Progress("scan: files", 0)
+        # also resolves dataset statistics into each source.config
+        scanned = scan(ctx.spec, sources, progress=lambda done, total: bar.update(done, total=total))
+        bar.close()
         folder = Path(ctx.spec.outputs.dir) / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
@@ -157,6 +162,9 @@ class ScanStage(Stage):
         log_counts(ctx, scanned)
 
 
+SHOWN_FILES = 10  # quarantined / skipped files named on the console
+
+
 def log_counts(ctx: RunContext, data: ScanResult) -> None:
     """The run's counts (one schema, in total and per stream), quarantine and skip tables, into
     the run and the console. A later data stage (pair) logs them again: the last one holds."""
@@ -170,19 +178,24 @@ def log_counts(ctx: RunContext, data: ScanResult) -> None:
     for name, per_stream in data.counts_by_stream.items():  # the same schema for one stream or many
         for key, value in per_stream.items():
             client.log_metric(ctx.run_id, f"data/{name}/{key}", value)
-    print(f"[polymae] files: {counts['total']} total = {counts['tokenized']} tokenized "
+    say(f"files: {counts['total']} total = {counts['tokenized']} tokenized "
           f"+ {counts['quarantined']} quarantined ({out / 'quarantine.parquet'}) + {counts['skipped']} skipped; "
           f"{counts['unmatched']} unmatched; {counts['samples']} samples per epoch; "
           f"{counts['views_skipped']} views skipped")
     if len(data.streams) > 1:
         for name, c in data.counts_by_stream.items():
-            print(f"[polymae]   stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
+            say(f"  stream {name}: {c['total']} = {c['tokenized']} tokenized + {c['quarantined']} "
                   f"quarantined + {c['skipped']} skipped; {c['unmatched']} unmatched; {c['samples']} samples; "
                   f"{c['views_skipped']} views skipped")
-    for row in data.quarantine:
-        print(f"[polymae]   quarantined {row['path']}: {row['stage']}: {row['reason']}")
-    for row in data.skipped:
-        print(f"[polymae]   skipped {row['path']}: {row['reason']}")
+    listed = [f"  quarantined {r['path']}: {r['stage']}: {r['reason']}" for r in data.quarantine]
+    listed += [f"  skipped {r['path']}: {r['reason']}" for r in data.skipped]
+    for i, line in enumerate(listed):  # the console names the first few; the log and the tables hold all
+        if i < SHOWN_FILES:
+            say(line)
+        else:
+            print(f"[polymae] {line}", flush=True)
+    if len(listed) > SHOWN_FILES:
+        say(f"  … and {len(listed) - SHOWN_FILES} more (all in quarantine.parquet, skipped.parquet and the log)")
     if not data.good:
         raise RuntimeError("no usable input files: see the quarantine table")
     last = data.paired is not None or "pair" not in {s.kind for s in ctx.spec.stages}  # the data stage before training
@@ -233,11 +246,11 @@ class TrainStage(Stage):
         spec, train = ctx.spec, ctx.spec.train
         files, heldout = ctx.split_of(stage)
         if heldout:
-            print(f"[polymae] split: {len(files)} files for training, {len(heldout)} held out for evaluation")
+            say(f"split: {len(files)} files for training, {len(heldout)} held out for evaluation")
             for key, value in {"train_files": len(files), "heldout_files": len(heldout)}.items():
                 ctx.client.log_metric(ctx.run_id, f"data/{key}", value)
         resume, why = resume_point(ctx.out_dir / "train", train.resume_from)
-        print(f"[polymae] stage {stage.name}: starts from {resume or 'scratch'} ({why})")
+        say(f"stage {stage.name}: starts from {resume or 'scratch'} ({why})")
         ctx.client.set_tag(ctx.run_id, f"polymae.stage.{stage.name}.started_from", f"{resume or 'scratch'} ({why})")
         start_step = checkpoint_step(resume) if resume else 0
         eval_batch = fixed_batch(spec, heldout or files)
@@ -269,7 +282,8 @@ class TrainStage(Stage):
                                      failure_config=FailureConfig(max_failures=train.max_failures)),
             )
             (ctx.out_dir / "train" / FAULT_FILE).unlink(missing_ok=True)  # one of an earlier attempt
-            trainer.fit()
+            with TrainingProgress(ctx.client, ctx.run_id, train.steps, start_step):
+                trainer.fit()
             raise_recorded_fault(ctx.out_dir / "train")
         final = latest_checkpoint(ctx.out_dir / "train") or resume
         with tempfile.TemporaryDirectory(prefix="polymae-weights-") as tmp:  # the run keeps weights only

@@ -18,6 +18,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -43,8 +44,19 @@ def stage_tag(name: str) -> str:
     return f"polymae.stage.{name}.fingerprint"
 
 
+def store_exists(uri: str) -> bool:
+    """Whether the tracking store is there to read: a SQLite file that does not exist would be
+    created (with its tables) by merely opening a client on it."""
+    if not uri.startswith("sqlite:///"):
+        return True
+    return Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def find_stage_output(uri: str, experiment: str, name: str, fingerprint: str) -> tuple[str, str] | None:
-    """(run id, output) of the newest run that recorded stage ``name`` with this fingerprint."""
+    """(run id, output) of the newest run that recorded stage ``name`` with this fingerprint;
+    reads only (a missing SQLite store: nothing recorded, and it is not created)."""
+    if not store_exists(uri):
+        return None
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -158,7 +170,8 @@ class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.spec = load_model(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads the hints)
+    # model_input's hint is one MLflow infers no schema from: no validation, no warning at import
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001 (MLflow reads the hints)
         batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
         return self.model.embed_batch(batch).numpy()
 

@@ -136,12 +136,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     # numpy batches: the sample ids (strings) travel with the token columns, so errors can name samples
     batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="numpy")
-    tic, seen = time.perf_counter(), 0
+    tic, seen, waited = time.perf_counter(), 0, 0.0
+    ready = tic  # when the loop last asked for a batch: the time until it came is data wait
     skipped = SkippedSteps(train.max_skipped_fraction, train.steps)  # from this attempt's start
     model.train()
     for numpy_batch in batches:
+        waited += time.perf_counter() - ready
         if skip:
             skip -= 1
+            ready = time.perf_counter()
             continue
         if step >= train.steps:
             break
@@ -169,16 +172,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 torch.distributed.all_reduce(mean_loss)
                 mean_loss /= world
             per_stream = stream_loss_means(model, losses, batch)  # every rank: it all-reduces
-            rate = seen / (time.perf_counter() - tic)
+            elapsed = time.perf_counter() - tic
+            rate = seen / elapsed
             if logger is not None:
-                metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate}
+                metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate,
+                           "train/data_wait": min(1.0, waited / elapsed)}  # fraction of the time
                 metrics.update({f"train/loss_{m}": v for m, v in per_stream.items()})
                 logger.log(metrics, step)
                 log.info(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
-                         f"lr {lr:.2e}  {rate:.1f} samples/s")
-            tic, seen = time.perf_counter(), 0
+                         f"lr {lr:.2e}  {rate:.1f} samples/s  data-wait {waited / elapsed:.0%}")
+            tic, seen, waited = time.perf_counter(), 0, 0.0
         if step % train.checkpoint_every == 0 or step == train.steps:
             _report(step, {"loss": loss.item()}, model, optimizer, spec, rank)
+        ready = time.perf_counter()
     if step < train.steps:
         raise RuntimeError(f"the data stream ran out at step {step} of {train.steps}")
     if logger is not None:

@@ -4,14 +4,16 @@ A file ends as a good file (with the number of samples it yields: clips of a vid
 a recording) or a quarantine row (path, stream, modality, stage, reason); pairing (the ``pair``
 stage, :mod:`polymae.pipelines.pairing`) may later skip or quarantine unmatched files. So
 ``total = tokenized + quarantined + skipped``, per stream (:class:`ScanResult`). Plugins that
-need dataset statistics get them totalled here with a Ray Data aggregation.
+need dataset statistics get them totalled here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,46 +176,56 @@ def samples_per_epoch(samples: list[Sample] | list[SampleFile]) -> int:
     return sum(s.num_samples for s in samples)
 
 
-def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None) -> ScanResult:
+def scan(spec: PipelineSpec, sources: list[SourceSpec] | None = None,
+         progress: Callable[[int, int], None] | None = None) -> ScanResult:
     """Decode every file of every source (or of ``sources``) once with Ray Data; split good
-    from quarantined.
+    from quarantined. ``progress(files done, files in all)`` is called as results arrive.
 
-    A plugin with ``statistics`` gets their totals over the good files (a Ray Data sum) turned
-    into config fields by ``with_statistics``; they are written into the spec's source config,
-    so the training stream and the saved spec use them. Under ``split.region`` a frame plugin
-    counts the views of the part of each frame that training reads (:func:`scan_region`).
+    A plugin with ``statistics`` gets their totals over the good files (an exact sum, so the
+    same whatever order the results arrive in) turned into config fields by ``with_statistics``;
+    they are written into the spec's source config, so the training stream and the saved spec
+    use them. Under ``split.region`` a frame plugin counts the views of the part of each frame
+    that training reads (:func:`scan_region`).
     """
     good: list[SampleFile] = []
     quarantine: list[dict[str, str]] = []
+    found = []
     for source in spec.sources if sources is None else sources:
         plugin = make_plugin(source.modality, source.config)
         files = discover(source, plugin.extensions, qualify=len(spec.sources) > 1)
-        if not files:
-            continue
+        if files:
+            found.append((source, plugin, files))
+    total, done = sum(len(files) for _, _, files in found), 0
+    report = progress or (lambda done, total: None)
+    for source, plugin, files in found:
         ids = {f.path: f for f in files}
         kwargs = {"modality": source.modality, "config": source.config, "region": scan_region(spec, plugin)}
+        rows: list[dict[str, Any]] = []
         try:
             ds = ray.data.from_items([{"path": f.path} for f in files]).map_batches(
                 scan_batch, fn_kwargs=kwargs, batch_size=8, batch_format="numpy",
                 ray_remote_args_fn=lambda: {"max_retries": 0},  # Ray Data retries a crashed task forever
-            ).materialize()
+            )
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # streams: progress as it goes
+                rows += [{key: column[i] for key, column in batch.items()} for i in range(len(batch["path"]))]
+                report(done + len(rows), total)
         except Exception as err:  # a decoder crashed its process (a segfault): find the file(s)
             log.warning("scan: a decoder crashed (%s); rescanning one file per process", type(err).__name__)
-            ds = ray.data.from_items(scan_isolated([f.path for f in files], kwargs))
-        for row in sorted(ds.take_all(), key=lambda r: r["path"]):
+            rows = scan_isolated([f.path for f in files], kwargs)
+        done += len(files)
+        report(done, total)
+        rows.sort(key=lambda r: str(r["path"]))
+        for row in rows:
             if row["reason"]:
-                quarantine.append({"path": row["path"], "stream": source.name, "modality": source.modality,
-                                   "stage": row["stage"], "reason": row["reason"]})
+                quarantine.append({"path": str(row["path"]), "stream": source.name, "modality": source.modality,
+                                   "stage": str(row["stage"]), "reason": str(row["reason"])})
             else:
-                f = ids[row["path"]]
-                good.append(SampleFile(f.sample_id, row["path"], int(row["num_samples"]), str(row["sha256"]),
+                f = ids[str(row["path"])]
+                good.append(SampleFile(f.sample_id, str(row["path"]), int(row["num_samples"]), str(row["sha256"]),
                                        source.name, f.relpath, int(row.get(VIEWS_SKIPPED, 0))))
-        if plugin.statistics:
-            columns = [f"statistic_{key}" for key in plugin.statistics]
-            totals = ds.sum(columns)  # {"sum(<column>)": total}, or the bare total for one column
-            totals = totals if isinstance(totals, dict) else {f"sum({columns[0]})": totals}
-            source.config.update(plugin.with_statistics(
-                {key: float(totals[f"sum(statistic_{key})"] or 0.0) for key in plugin.statistics}))
+        if plugin.statistics:  # a failed file's statistics are 0
+            totals = {key: math.fsum(float(r[f"statistic_{key}"]) for r in rows) for key in plugin.statistics}
+            source.config.update(plugin.with_statistics(totals))
     return ScanResult(good, quarantine)
 
 

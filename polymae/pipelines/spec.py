@@ -276,16 +276,21 @@ class PipelineSpec(_Strict):
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """``a.b.0.c=value`` (value parsed as YAML) set into nested dicts/lists, in place."""
     if "=" not in assignment:
-        raise SpecError([f"--set {assignment!r}: expected key.sub=value"])
+        raise SpecError([f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.steps=50"])
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem", None) or "not valid YAML"
+        raise SpecError([f"--set {assignment!r}: the value of {dotted.strip()} is not valid YAML ({where}): "
+                         f"{raw!r}"]) from None
     node: Any = data
     for key in keys[:-1]:
         if isinstance(node, list):
             node = node[int(key)]
         else:
             node = node.setdefault(key, {})
-    value = yaml.safe_load(raw)
     if isinstance(node, list):
         node[int(keys[-1])] = value
     else:
@@ -305,8 +310,10 @@ def _format(err: ValidationError, prefix: str = "") -> list[str]:
 
 def _allowed_fields(model: type[BaseModel], loc: tuple) -> str:
     """For an unknown field: the fields allowed where it stands."""
+    keyed = False  # the part after a dict field is a key (a stream name), not a field
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = model.model_fields.get(str(part))
         if field is None:
@@ -316,6 +323,7 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> str:
         candidates = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
         if not candidates:
             return ""
+        keyed = getattr(ann, "__origin__", None) is dict
         model = candidates[0]
     return ", ".join(model.model_fields)
 
@@ -399,6 +407,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     for assignment in overrides or []:
         try:
             apply_override(data, assignment)
+        except SpecError:
+            raise
         except (IndexError, ValueError, TypeError, AttributeError) as err:
             raise SpecError([f"--set {assignment!r}: {err}"]) from None
     return parse_spec(data, base_dir=path.parent.resolve())
