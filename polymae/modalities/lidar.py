@@ -6,6 +6,15 @@ non-empty pillar, plus query tokens at empty pillars for the occupancy loss.
 Coordinates stay metric and relative to the sensor origin (``sensor_origin``), so the
 ``radial`` mask (R-MAE) gets true angles: the reference code counts them from the grid corner.
 
+``scan_kind`` says what a file is. ``sensor`` (default): one scan around its sensor, one sample.
+``airborne``: a survey with no sensor, cut into tiles of the pillar grid's extent (2 · ``range_xy``)
+with heights above the local ground (:mod:`polymae.modalities.lidar_tiles`); each kept tile is a
+sample, tiles with fewer than ``min_tile_points`` points in ``z_range`` are counted as skipped
+views, so ``z_range`` is a height above ground there. Training turns a tile by a random quarter
+turn (a square stays the same square: no point leaves it). The kind is set, not guessed: a
+spinning-LiDAR sweep also reaches past the grid and a LAS file may hold a mobile scan, and
+``radial`` masking (which needs a sensor) must be refused when the spec is read, before any file.
+
 Token values of a pillar: its K points (x, y relative to the pillar centre, in voxel units;
 z / z_scale), zero-padded, then the count fraction n/K and occupancy (1; 0 for the empty query
 pillars). Query tokens (``unit = -1``) are never visible and always decoded, so the decoder
@@ -20,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import open3d as o3d
@@ -27,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.base import VIEWS_SKIPPED, BadInputError, ModalityPlugin, PluginConfig
+from polymae.modalities.lidar_tiles import Tiles, cut_tiles
 from polymae.models.losses.chamfer import chamfer_l2
 from polymae.ops import MalformedFileError, panel_row, read_open3d, viridis
 from polymae.ops.crops import FrameView
@@ -50,6 +61,14 @@ class LidarConfig(PluginConfig):
     max_voxels: int = Field(4096, gt=0, description="pillar cap per scan")
     sensor_origin: tuple[float, float, float] | None = Field(
         (0.0, 0.0, 0.0), description="sensor position in the scan's frame; None (airborne LAS): the scan's centre")
+    scan_kind: Literal["sensor", "airborne"] = Field(
+        "sensor", description="sensor: one scan around sensor_origin; airborne: a survey cut into tiles of "
+        "2 × range_xy with heights above the local ground (sensor_origin unused)")
+    min_tile_points: int = Field(1, ge=1, description="airborne: tiles with fewer points in z_range are "
+                                 "skipped (counted as views_skipped)")
+    ground_cell: float = Field(10.0, gt=0, description="airborne: side of the ground estimate's cells, metres")
+    ground_percentile: float = Field(5.0, ge=0, le=100, description="airborne: a cell's ground is this "
+                                     "percentile of its z, then the minimum over its 3 × 3 cells")
     num_empty: int = Field(1024, ge=0, description="query tokens at empty pillars, for the occupancy loss")
     z_scale: float = Field(2.0, gt=0, description="heights are divided by this in token values")
     rotate: bool = Field(True, description="training: random rotation about the vertical axis")
@@ -136,16 +155,19 @@ class Pillars:
     index: np.ndarray
 
 
-def voxelize(scan: np.ndarray, config: LidarConfig, rng: np.random.Generator | None = None) -> Pillars:
-    """(P, 4) scan → pillars over the non-empty cells within range.
+def voxelize(scan: np.ndarray, config: LidarConfig, rng: np.random.Generator | None = None,
+             origin: np.ndarray | None = None) -> Pillars:
+    """(P, 4) scan → pillars over the non-empty cells within range of ``origin`` (None: the
+    config's ``sensor_origin``, or the bounding-box centre when that is None).
 
     Every in-range point lands in exactly one pillar; a pillar keeps its first K points in scan
     order (a random K with ``rng``); with more than ``max_voxels`` non-empty pillars, the nearest
     to the sensor are kept (a random subset with ``rng``). Raises BadInputError when no point is
     in range.
     """
-    origin = np.asarray(config.sensor_origin if config.sensor_origin is not None
-                        else (scan[:, :3].max(axis=0) + scan[:, :3].min(axis=0)) / 2)
+    if origin is None:
+        origin = np.asarray(config.sensor_origin if config.sensor_origin is not None
+                            else (scan[:, :3].max(axis=0) + scan[:, :3].min(axis=0)) / 2)
     xyz = scan[:, :3] - origin
     r, vs = config.range_xy, config.voxel_size
     inside = ((np.abs(xyz[:, :2]) < r).all(axis=1) & (xyz[:, 2] >= config.z_range[0])
@@ -194,10 +216,11 @@ class LidarPlugin(ModalityPlugin):
         return cfg.max_voxels + cfg.num_empty, 3 * cfg.max_points_per_voxel + 2, 2
 
     def check_mask(self, spec: MaskSpec) -> str | None:
+        if spec.strategy == "radial" and self.config.scan_kind == "airborne":
+            return "radial masking needs the sensor position: airborne tiles have none (scan_kind: airborne)"
         if spec.strategy == "radial" and self.config.sensor_origin is None:
             return "radial masking needs the sensor position: set sensor_origin (this scan has none, e.g. airborne LAS)"
         return None
-
 
     @classmethod
     def check_native(cls) -> str:
@@ -213,21 +236,73 @@ class LidarPlugin(ModalityPlugin):
         return f"laspy {laspy.__version__} + lazrs, open3d {o3d.__version__}"
 
     def decode(self, data: bytes, path: str) -> np.ndarray:
-        """Bytes → (P, 4) float64 x, y, z, intensity; at least one point in range."""
+        """Bytes → (P, 4) float64 x, y, z, intensity; at least one point in range (a sensor scan)
+        or one kept tile (an airborne survey)."""
         scan = read_scan(data, path)
-        voxelize(scan, self.config)  # raises when nothing is in range
+        if self.config.scan_kind == "airborne":
+            self.tiles(scan)  # raises when no tile is kept
+        else:
+            voxelize(scan, self.config)  # raises when nothing is in range
         return scan
+
+    def tiles(self, scan: np.ndarray) -> Tiles:
+        """An airborne survey's tiles (:func:`~polymae.modalities.lidar_tiles.cut_tiles`). Raises
+        BadInputError when every tile is skipped."""
+        cfg = self.config
+        tiles = cut_tiles(scan, cfg.range_xy, cfg.z_range, cfg.min_tile_points, cfg.ground_cell,
+                          cfg.ground_percentile)
+        if len(tiles.centres) == 0:
+            raise BadInputError(f"no tile of the survey holds min_tile_points={cfg.min_tile_points} points with "
+                                f"heights above ground in z_range {cfg.z_range} ({tiles.skipped} tiles skipped)")
+        return tiles
+
+    def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
+        """A sensor scan: one sample. An airborne survey: one per kept tile, row-major, from one decode."""
+        if self.config.scan_kind == "airborne":
+            return self._tile_streams(read_scan(data, path), rng)[0]
+        return super().tokenize_file(data, path, rng)
+
+    def scan_file(self, data: bytes, path: str, region: tuple[float, float] | None = None,
+                  ) -> tuple[int, dict[str, float]]:
+        """(samples, {}); an airborne survey: (kept tiles, each tokenized; ``views_skipped``: the
+        tiles skipped)."""
+        if self.config.scan_kind == "sensor":
+            return super().scan_file(data, path, region)
+        streams, tiles = self._tile_streams(read_scan(data, path), None)
+        return len(streams), {VIEWS_SKIPPED: float(tiles.skipped)}
+
+    def _tile_streams(self, scan: np.ndarray, rng: np.random.Generator | None) -> tuple[list[TokenStream], Tiles]:
+        """Every kept tile of a survey tokenized, and the tiles."""
+        tiles = self.tiles(scan)
+        return [self._tokenize_points(tiles.points(scan, t), rng, np.zeros(3))
+                for t in range(len(tiles.centres))], tiles
 
     def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
                  view: FrameView | None = None) -> TokenStream:
+        """A sensor scan → its token stream. An airborne survey → its first kept tile's (every tile:
+        :meth:`tokenize_file`)."""
         cfg = self.config
-        if rng is not None and cfg.rotate:  # Voxel-MAE's global rotation, about the sensor
-            origin = np.zeros(3) if cfg.sensor_origin is None else np.asarray(cfg.sensor_origin)
-            a = rng.uniform(-np.pi, np.pi)
-            turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        if cfg.scan_kind == "airborne":
+            return self._tokenize_points(self.tiles(array).points(array, 0), rng, np.zeros(3))
+        origin = None if cfg.sensor_origin is None else np.asarray(cfg.sensor_origin, np.float64)
+        return self._tokenize_points(array, rng, origin)
+
+    def _tokenize_points(self, array: np.ndarray, rng: np.random.Generator | None,
+                         origin: np.ndarray | None) -> TokenStream:
+        """(P, 4) points → tokens of the pillar grid around ``origin`` (None: the bounding-box centre).
+        Training turns them about the origin (about (0, 0) when None): by a random angle (Voxel-MAE),
+        or by a random quarter turn for an airborne tile (its square stays the same square)."""
+        cfg = self.config
+        if rng is not None and cfg.rotate:
+            if cfg.scan_kind == "airborne":
+                turn = np.linalg.matrix_power(np.array([[0.0, -1.0], [1.0, 0.0]]), int(rng.integers(4)))
+            else:
+                a = rng.uniform(-np.pi, np.pi)
+                turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            centre = np.zeros(2) if origin is None else origin[:2]
             array = array.copy()
-            array[:, :2] = (array[:, :2] - origin[:2]) @ turn.T + origin[:2]
-        pillars = voxelize(array, cfg, rng)
+            array[:, :2] = (array[:, :2] - centre) @ turn.T + centre
+        pillars = voxelize(array, cfg, rng, origin)
         n, d, _ = self.token_shape
         k, v = cfg.max_points_per_voxel, len(pillars.counts)
         values = np.zeros((n, d), np.float32)
