@@ -1,8 +1,8 @@
 """Encoder embeddings of files with a trained model, written to Parquet by Ray Data.
 
     files ──▶ Ray Data map_batches (actors that load the model once): read → decode →
-    tokenize (evaluation views, every token visible) → encoder → normalised cls token
-    ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
+    tokenize (evaluation views, every token visible) → encoder → normalised cls token (or the
+    mean of the encoded tokens) ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from polymae.tokenizer.stream import streams_to_columns
 class Embedder:
     """A Ray Data actor: the model is loaded once per actor, not once per batch."""
 
-    def __init__(self, checkpoint: str, stream: str) -> None:
+    def __init__(self, checkpoint: str, stream: str, feature: str = "cls") -> None:
         torch.set_num_threads(1)
         self.model, self.spec = load_model(checkpoint)
-        self.stream = stream
+        self.stream, self.feature = stream, feature
         self.plugin = stream_plugin(self.spec, stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -54,7 +54,8 @@ class Embedder:
         if streams:
             columns = streams_to_columns(self.stream, streams)  # the model's other streams: absent
             with torch.no_grad():
-                embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()}).numpy()
+                embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()},
+                                                     self.feature).numpy()
         padding = np.zeros((len(reasons), embeddings.shape[1]), np.float32)  # bad files' rows, dropped later
         return {"sample_id": np.array(ids + [r["path"] for r in reasons], dtype=object),
                 "path": np.array(paths + [r["path"] for r in reasons], dtype=object),
@@ -78,18 +79,26 @@ def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurren
     files = discover(source, make_plugin(source.modality, source.config).extensions)
     if not files:
         raise FileNotFoundError(f"no {source.modality} files under {paths}")
-    rows = ray.data.from_items([{"sample_id": f.sample_id, "path": f.path} for f in files]).map_batches(
-        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream}, batch_size=8,
-        batch_format="numpy",
-        concurrency=concurrency,
-    ).materialize()
-    good = rows.filter(lambda r: not r["reason"])
-    bad = rows.filter(lambda r: bool(r["reason"])).take_all()
+    good, bad = embed_rows(checkpoint, [(f.sample_id, f.path) for f in files], stream, concurrency=concurrency)
     Path(output).mkdir(parents=True, exist_ok=True)
-    good.drop_columns(["stage", "reason"]).write_parquet(str(Path(output) / "embeddings"))
-    write_quarantine([{"path": r["path"], "stream": stream, "modality": source.modality, "stage": r["stage"],
-                       "reason": r["reason"]} for r in bad], str(Path(output) / "quarantine.parquet"))
-    embedded_rows = good.count()
+    good.write_parquet(str(Path(output) / "embeddings"))
+    write_quarantine(bad, str(Path(output) / "quarantine.parquet"))
     quarantined = len({r["path"] for r in bad})
     return {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,
-            "rows": embedded_rows}
+            "rows": good.count()}
+
+
+def embed_rows(checkpoint: str | Path, files: list[tuple[str, str]], stream: str, feature: str = "cls",
+               concurrency: int = 1) -> tuple[ray.data.Dataset, list[dict[str, str]]]:
+    """(sample id, path) pairs → (a materialised dataset of sample_id, path, embedding: a row per
+    view, quarantine rows of the files that failed: path, stream, modality, stage, reason)."""
+    _, spec = load_model(checkpoint)
+    modality = spec.source(stream).modality
+    rows = ray.data.from_items([{"sample_id": sid, "path": path} for sid, path in files]).map_batches(
+        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream, "feature": feature},
+        batch_size=8, batch_format="numpy", concurrency=concurrency,
+    ).materialize()
+    good = rows.filter(lambda r: not r["reason"]).drop_columns(["stage", "reason"]).materialize()
+    bad = [{"path": r["path"], "stream": stream, "modality": modality, "stage": r["stage"], "reason": r["reason"]}
+           for r in rows.filter(lambda r: bool(r["reason"])).take_all()]
+    return good, bad
