@@ -79,26 +79,35 @@ def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurren
     files = discover(source, make_plugin(source.modality, source.config).extensions)
     if not files:
         raise FileNotFoundError(f"no {source.modality} files under {paths}")
-    good, bad = embed_rows(checkpoint, [(f.sample_id, f.path) for f in files], stream, concurrency=concurrency)
+    rows = _embedded(checkpoint, [(f.sample_id, f.path) for f in files], stream, "cls", concurrency)
+    good = rows.filter(lambda r: not r["reason"])
+    bad = rows.filter(lambda r: bool(r["reason"])).take_all()
     Path(output).mkdir(parents=True, exist_ok=True)
-    good.write_parquet(str(Path(output) / "embeddings"))
-    write_quarantine(bad, str(Path(output) / "quarantine.parquet"))
+    good.drop_columns(["stage", "reason"]).write_parquet(str(Path(output) / "embeddings"))
+    write_quarantine([{"path": r["path"], "stream": stream, "modality": source.modality, "stage": r["stage"],
+                       "reason": r["reason"]} for r in bad], str(Path(output) / "quarantine.parquet"))
     quarantined = len({r["path"] for r in bad})
     return {"files": len(files), "embedded": len(files) - quarantined, "quarantined": quarantined,
             "rows": good.count()}
 
 
 def embed_rows(checkpoint: str | Path, files: list[tuple[str, str]], stream: str, feature: str = "cls",
-               concurrency: int = 1) -> tuple[ray.data.Dataset, list[dict[str, str]]]:
-    """(sample id, path) pairs → (a materialised dataset of sample_id, path, embedding: a row per
-    view, quarantine rows of the files that failed: path, stream, modality, stage, reason)."""
-    _, spec = load_model(checkpoint)
-    modality = spec.source(stream).modality
-    rows = ray.data.from_items([{"sample_id": sid, "path": path} for sid, path in files]).map_batches(
+               concurrency: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(sample id, path) pairs → (rows of sample_id, path, embedding: a row per view; quarantine
+    rows of the files that failed: path, stream, modality, stage, reason). For sets that fit in
+    the driver's memory (probes); ``embed_files`` writes its rows to Parquet instead."""
+    rows = _embedded(checkpoint, files, stream, feature, concurrency).take_all()
+    modality = load_model(checkpoint)[1].source(stream).modality
+    good = [{k: r[k] for k in ("sample_id", "path", "embedding")} for r in rows if not r["reason"]]
+    bad = [{"path": r["path"], "stream": stream, "modality": modality, "stage": r["stage"], "reason": r["reason"]}
+           for r in rows if r["reason"]]
+    return good, bad
+
+
+def _embedded(checkpoint: str | Path, files: list[tuple[str, str]], stream: str, feature: str,
+              concurrency: int) -> ray.data.Dataset:
+    """The materialised embedding rows of ``files``: bad files' rows have a stage and reason."""
+    return ray.data.from_items([{"sample_id": sid, "path": path} for sid, path in files]).map_batches(
         Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream, "feature": feature},
         batch_size=8, batch_format="numpy", concurrency=concurrency,
     ).materialize()
-    good = rows.filter(lambda r: not r["reason"]).drop_columns(["stage", "reason"]).materialize()
-    bad = [{"path": r["path"], "stream": stream, "modality": modality, "stage": r["stage"], "reason": r["reason"]}
-           for r in rows.filter(lambda r: bool(r["reason"])).take_all()]
-    return good, bad

@@ -105,7 +105,7 @@ def _features(checkpoint: str | Path, data: LabelledSet, stream: str,
     good, bad = embed_rows(checkpoint, [(f.sample_id, f.path) for f in data.files], stream, feature)
     index = {c: i for i, c in enumerate(data.classes)}
     by_path = {f.path: f for f in data.files}
-    rows = sorted(good.take_all(), key=lambda r: r["sample_id"])  # a fixed order: the probes are seeded
+    rows = sorted(good, key=lambda r: r["sample_id"])  # a fixed order: the probes are seeded
     out: Features = {}
     for split in ("train", "test"):
         chosen = [r for r in rows if by_path[r["path"]].split == split]
