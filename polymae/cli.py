@@ -50,7 +50,10 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     spec = _spec(args)
+    from polymae.orchestration.locations import enter_outputs_dir
     from polymae.orchestration.run import run_pipeline, shutdown
+
+    enter_outputs_dir(spec)  # a Ray Job's working directory may vanish mid-run: work in a stable one
 
     try:
         result = run_pipeline(spec, run_name=args.run_name, resume_run_id=args.resume, use_cache=not args.no_cache)
@@ -76,8 +79,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from polymae.orchestration import jobs
+    from polymae.orchestration.locations import resolve_locations
 
-    job_id = jobs.submit(_spec(args), args.address, args.run_name, args.resume)
+    spec = _spec(args)
+    changed = resolve_locations(spec)  # the job's own working directory is temporary
+    if changed:
+        print("[polymae] resolved on this machine: " + "; ".join(changed) + ". A cluster of several "
+              "machines needs shared storage for outputs.dir and an MLflow server (docs/cluster.md)")
+    job_id = jobs.submit(spec, args.address, args.run_name, args.resume)
     print(f"[polymae] submitted job {job_id}; follow it with: polymae logs {job_id} --follow")
     if not args.wait:
         return 0
@@ -123,10 +132,11 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from polymae.orchestration.tracking import resolve_tracking_uri, set_alias
+    from polymae.orchestration.locations import resolve_tracking_uri
+    from polymae.orchestration.tracking import filter_value, set_alias
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    versions = MlflowClient(uri).search_model_versions(f"run_id = '{args.run}'")
+    versions = MlflowClient(uri).search_model_versions(f"run_id = {filter_value(args.run)}")
     if not versions:
         print(f"polymae: run {args.run} registered no model version", file=sys.stderr)
         return 2
@@ -208,6 +218,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     written = reconstruct_files(model, spec, args.inputs, args.targets, files, args.out)
     for stream, path in written.items():
         print(f"[polymae] {stream} from {', '.join(args.inputs)} → {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from polymae.orchestration.export import export_model
+
+    for path in export_model(args.model, args.format, args.out, args.stream, args.tracking_uri):
+        print(f"[polymae] wrote {path}")
     return 0
 
 
@@ -299,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
     recon.set_defaults(func=_cmd_reconstruct)
 
+    export = sub.add_parser("export", help="write a model's encoder for fine-tuning elsewhere (timm or torch)")
+    export.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    export.add_argument("--format", required=True, choices=("timm", "torch"),
+                        help="timm: an image stream as a timm VisionTransformer state dict (+ FILE.json); "
+                             "torch: any stream's encoder, a folder with encoder.pt + encoder.json")
+    export.add_argument("--out", required=True, help="timm: the state dict file; torch: a folder")
+    export.add_argument("--stream", help="which of the model's streams (default: its first)")
+    export.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    export.set_defaults(func=_cmd_export)
+
     validate = sub.add_parser("validate", help="check a spec and print it resolved")
     _spec_args(validate)
     validate.set_defaults(func=_cmd_validate)
@@ -320,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polymae: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
-        if args.command not in ("reconstruct", "probe"):
+        if args.command not in ("reconstruct", "probe", "export"):
             raise
         print(f"polymae {args.command}: {err}", file=sys.stderr)
         return 2

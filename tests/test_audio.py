@@ -15,7 +15,7 @@ import torchaudio
 from pydantic import ValidationError
 
 from polymae.modalities import BadInputError
-from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank
+from polymae.modalities.audio import AUDIOSET_MEAN, AUDIOSET_STD, STD_FLOOR, AudioPlugin, fbank, roll_mag
 from polymae.ops import patchify, unpatchify
 from polymae.testing import check_plugin
 from polymae.tokenizer import MaskPolicy, MaskSpec
@@ -135,9 +135,9 @@ def test_long_recording_gives_windows(files):
     data = files["long.flac"]
     frames = frames_of(25 * 16000)  # 2498: windows at 0, 1024 (full) and 2048 (450 real ≥ 256)
     assert plugin.window_starts(frames) == [0, 1024, 2048]
-    streams = plugin.tokenize_file(data, "long.flac", np.random.default_rng(0))
+    assert len(plugin.tokenize_file(data, "long.flac", np.random.default_rng(0))) == 3  # whatever the draw
+    streams = plugin.tokenize_file(data, "long.flac", None)
     assert len(streams) == 3 == plugin.scan_file(data, "long.flac")[0]
-    assert len(plugin.tokenize_file(data, "long.flac", None)) == 3  # the count does not depend on rng
     assert streams[0].valid.all() and streams[1].valid.all() and streams[2].valid.sum() == 29 * 8
     assert not np.allclose(streams[0].values, streams[1].values)
     assert not np.allclose(streams[1].values[:232], streams[2].values[:232])
@@ -150,6 +150,54 @@ def test_long_recording_gives_windows(files):
     assert overlap.scan_file(data, "long.flac")[0] == len(overlap.tokenize_file(data, "long.flac", None)) == 4
     # a recording shorter than one window always gives exactly one, however short
     assert AudioPlugin({"min_window_frames": 1000}).scan_file(SHORT.read_bytes(), str(SHORT))[0] == 1
+
+
+def _shift_and_gain(out: np.ndarray, wave: np.ndarray) -> tuple[int, float]:
+    """(k, g) with out ≈ g · roll(wave, k): k from the circular cross-correlation's peak."""
+    k = int(np.argmax(np.fft.irfft(np.fft.rfft(out) * np.conj(np.fft.rfft(wave)), n=len(wave))))
+    return k, float(np.dot(out, np.roll(wave, k)) / np.dot(wave, wave))
+
+
+def test_roll_mag_is_a_circular_shift_and_gain(speech):
+    draws = [_shift_and_gain(roll_mag(speech, np.random.default_rng(seed)), speech) for seed in range(6)]
+    for seed, (k, g) in enumerate(draws):
+        out = roll_mag(speech, np.random.default_rng(seed))
+        np.testing.assert_allclose(out, g * np.roll(speech, k), rtol=1e-4, atol=1e-5)
+        assert 0.5 <= g <= 1.5
+    shifts, gains = zip(*draws, strict=True)
+    assert len(set(shifts)) == 6 and len(set(gains)) == 6  # AudioMAE's own draw always shifts by 0
+    k, g = _shift_and_gain(roll_mag(speech, np.random.default_rng(0), roll=False), speech)
+    assert k == 0 and g != 1.0
+
+
+def test_training_views_are_augmented_eval_views_are_not(files):
+    plugin, data = AudioPlugin(), files["long.flac"]
+
+    def values(rng):
+        return np.stack([s.values for s in plugin.tokenize_file(data, "long.flac", rng)])
+
+    assert np.array_equal(values(None), values(None))  # evaluation: deterministic
+    assert np.array_equal(values(np.random.default_rng(3)), values(np.random.default_rng(3)))
+    assert not np.allclose(values(np.random.default_rng(3)), values(np.random.default_rng(4)))
+    assert not np.allclose(values(np.random.default_rng(3)), values(None))
+    off = AudioPlugin({"roll_mag_aug": False})
+    assert np.array_equal(np.stack([s.values for s in off.tokenize_file(data, "x.flac", np.random.default_rng(3))]),
+                          values(None))
+
+
+def test_clock_leader_gets_gain_not_roll(speech):
+    """Paired with video, a roll would shift the sound against the frames: the training view's
+    fbank is the evaluation view's plus 2·ln(gain) (log of a power scaled by gain²), in place."""
+    plugin = AudioPlugin({"normalize": "none"})
+    data = encode(speech, 16000)
+    (train,), spans = plugin.tokenize_timed(data, "s.wav", np.random.default_rng(5))
+    (evaluation,), same_spans = plugin.tokenize_timed(data, "s.wav", None)
+    assert spans == same_spans
+    above_floor = evaluation.values[evaluation.valid] > np.log(np.finfo(np.float32).eps) + 1  # Kaldi's log floor
+    offset = (train.values[evaluation.valid] - evaluation.values[evaluation.valid])[above_floor]
+    assert above_floor.mean() > 0.5
+    gain = np.random.default_rng(5).beta(10.0, 10.0) + 0.5
+    assert (np.abs(offset - 2 * np.log(gain)) < 1e-3).mean() > 0.95  # the rest: near Kaldi's floor
 
 
 def test_max_seconds_bounds_memory(files):

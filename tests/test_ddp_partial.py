@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from polymae.orchestration.checkpoint import build_model
-from polymae.orchestration.step import DDP_KWARGS, make_optimizer, train_step
+from polymae.orchestration.step import DDP_KWARGS, make_optimizer, stream_loss_means, train_step
 from polymae.pipelines.spec import PipelineSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,9 @@ def _worker(rank: int, init: str, spec_data: dict, batches: list[list[dict]], ou
                 g /= WORLD
             before = {n: p.detach().clone() for n, p in names.items()}
 
-            loss, losses = train_step(model, optimizer, batch, torch.device("cpu"), None, i + 1)
+            loss, losses, skipped = train_step(model, optimizer, batch, torch.device("cpu"), None, i + 1)
+            assert skipped is None
+            means = stream_loss_means(model, losses, batch)  # what train.py logs as train/loss_<stream>
             assert torch.isfinite(loss) and all(torch.isfinite(v) for v in losses.values()), (rank, i, losses)
             assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)  # the same forward as the copy
 
@@ -128,7 +130,7 @@ def _worker(rank: int, init: str, spec_data: dict, batches: list[list[dict]], ou
             moved = {m: any(not torch.equal(p.detach(), before[n]) for n, p in names.items() if id(p) in own[m])
                      for m in module.modalities}
             log.append({"streams": list(mine), "loss": loss.item(), "losses": {m: v.item() for m, v in losses.items()},
-                        "moved": moved})
+                        "moved": moved, "means": means})
         print(f"rank {rank}: {len(STEPS)} steps in {time.perf_counter() - tic:.1f} s", flush=True)
         Path(out, f"rank{rank}.json").write_text(json.dumps(log))
     finally:
@@ -165,4 +167,10 @@ def test_partial_samples_train_on_two_ddp_workers(tmp_path):
                 assert (value > 0) == (m in streams[rank]), (step, rank, m, value)  # absent: scores 0
         # depth moves exactly on the steps some rank had it; rgb on every step (some rank always has it)
         anywhere = set(streams[0]) | set(streams[1])
+        for rank, entry in enumerate(per_rank):  # logged per-stream loss: over the ranks that had it, else left out
+            expected = {m: np.mean([e["losses"][m] for e, s in zip(per_rank, streams, strict=True) if m in s])
+                        for m in anywhere}
+            assert entry["means"].keys() == expected.keys(), (step, rank, entry["means"])
+            for m, value in expected.items():
+                assert entry["means"][m] == pytest.approx(value, rel=1e-5), (step, rank, m)
         assert per_rank[0]["moved"] == {m: m in anywhere for m in ("rgb", "depth")}, step

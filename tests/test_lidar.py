@@ -42,7 +42,7 @@ def test_reads_open3d_formats(tmp_path, ext):
     ("empty.bin", b"", "empty file"),
     ("nan.bin", np.array([[0, 0, 0, 0], [np.nan, 1, 2, 0]] * 10, "<f4").tobytes(), "non-finite coordinates"),
     ("bad.las", b"XXXX" + LAS.read_bytes()[4:], "not a readable LAS/LAZ file"),
-    ("bad.ply", b"ply\nformat nonsense\nend_header\n", "no points could be read"),
+    ("bad.ply", b"ply\nformat nonsense\nend_header\n", "corrupt PLY header: format 'nonsense'"),
     ("scan.xyzrgb", b"1 2 3\n", "unsupported extension"),
 ])
 def test_bad_scans_raise_with_reason(name, data, reason):

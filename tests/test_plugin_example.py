@@ -55,7 +55,7 @@ def test_example_in_a_spec_and_a_training_step(plugin_class):
     assert [int(s.visible.sum()) for s in streams] == [int(4 * 42 * 0.6), int(42 * 0.6)]
     batch = {k: torch.as_tensor(v) for k, v in streams_to_columns("timeseries", streams).items()}
     torch.manual_seed(0)
-    model = PolyMAE({"timeseries": plugin}, spec.model.resolved()).train()
+    model = PolyMAE({"timeseries": plugin}, spec.resolved_model()).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(10):

@@ -306,7 +306,7 @@ def test_point_block_masks_a_contiguous_region():
     ("name", "reason"),
     [
         ("empty.ply", "empty file (0 bytes)"),
-        ("garbage.ply", "no points could be read"),
+        ("garbage.ply", "corrupt PLY header: no 'ply'"),
         ("garbage.obj", "no points could be read"),
         ("nan.xyz", "non-finite coordinates"),
         ("inf.npy", "non-finite coordinates"),

@@ -115,12 +115,20 @@ def test_dual_mask_loss_counts_hidden_and_decoded_tokens_only():
     per_token = ((pred[0] - plugin.target(batch["video.values"])[0]) ** 2).mean(-1)
     expected = per_token[mask].mean()
     assert torch.allclose(model.forward_loss(batch, {"video": pred})["video"], expected)
-    # tokens the decoder dropped are not in its input: changing their values changes nothing
-    dropped = torch.as_tensor(~stream.decoded & ~stream.visible)
-    changed = {**batch, "video.values": batch["video.values"].clone()}
-    changed["video.values"][0, dropped] += 5.0
-    pred2 = model.forward_decoder(*model.forward_encoder(changed), changed)["video"]
-    assert torch.allclose(pred2[0, mask], pred[0, mask], atol=1e-5)
+    # tokens the decoder dropped are not in its input. What the decoder would see of one is its
+    # position (a hidden token's values reach neither encoder nor decoder), so moving the dropped
+    # tokens changes no other prediction; moving decoder-kept hidden tokens does (the check bites)
+    def moved(which: np.ndarray) -> torch.Tensor:
+        changed = {**batch, "video.coords": batch["video.coords"].clone()}
+        changed["video.coords"][0, torch.as_tensor(which)] += 3
+        return model.forward_decoder(*model.forward_encoder(changed), changed)["video"][0]
+
+    dropped = ~stream.decoded & ~stream.visible
+    assert torch.allclose(moved(dropped)[mask], pred[0, mask], atol=1e-5)
+    one_kept = np.zeros_like(mask.numpy())
+    one_kept[np.flatnonzero(~stream.visible & stream.decoded)[0]] = True
+    others = mask & ~torch.as_tensor(one_kept)
+    assert not torch.allclose(moved(one_kept)[others], pred[0, others], atol=1e-5)
 
 
 def test_clip_sampling_is_reproducible_and_clips_differ(monkeypatch):

@@ -21,6 +21,16 @@ normalised as ``(fbank − mean) / (2 · std)``. Differences, each for a reason:
   the scan; until they are set it falls back to AudioMAE's AudioSet constants.
 * libsndfile silently shortens a WAV whose header claims more samples than the file holds; such
   files are refused as truncated, from the RIFF ``data`` chunk size.
+
+Augmentation (training views only; evaluation views, ``rng=None``, are deterministic): AudioMAE's
+released pre-training recipe (``submit_pretrain_audioset2M.sh``: ``--roll_mag_aug True``, weight
+decay 1e-4) applies its ``_roll_mag_aug`` to the mean-removed waveform before the fbank: a
+circular shift by a uniform number of samples and a gain ~ Beta(10, 10) + 0.5 (0.5–1.5, mean 1).
+``roll_mag_aug`` (default on) does the same. Two differences: AudioMAE draws the shift as
+``randint(len(waveform))`` of a (1, S) tensor, which is always 0, so its roll never happens;
+here the shift is uniform over the recording's samples as intended. As a clock's leader (audio
+paired with video, ``tokenize_timed``) only the gain applies: a roll would move the sound
+against the frames it is paired with. A clock's follower (``tokenize_spans``) is not augmented.
 """
 
 from __future__ import annotations
@@ -70,6 +80,8 @@ class AudioConfig(PluginConfig):
     mean: float | None = Field(None, description="dataset fbank mean (set from the scan statistics)")
     std: float | None = Field(None, gt=0, description="dataset fbank std (set from the scan statistics)")
     norm_pix_loss: bool = True
+    roll_mag_aug: bool = Field(True, description="AudioMAE's training augmentation: random circular time "
+                               "shift and gain ~ Beta(10, 10) + 0.5 of the waveform")
 
     @model_validator(mode="after")
     def _patches_tile_window(self) -> AudioConfig:
@@ -88,6 +100,14 @@ def fbank(waveform: np.ndarray, config: AudioConfig) -> np.ndarray:
         frame_shift=config.frame_shift, frame_length=config.frame_length,
     )
     return feats.numpy()
+
+
+def roll_mag(waveform: np.ndarray, rng: np.random.Generator, roll: bool = True) -> np.ndarray:
+    """AudioMAE's ``_roll_mag_aug``: (S,) waveform → (S,) circularly shifted by a uniform number of
+    samples (``roll``) and scaled by a gain ~ Beta(10, 10) + 0.5."""
+    shift = int(rng.integers(len(waveform))) if roll else 0
+    gain = np.float32(rng.beta(10.0, 10.0) + 0.5)
+    return np.roll(waveform, shift) * gain
 
 
 def _riff_truncation(data: bytes) -> str | None:
@@ -121,6 +141,10 @@ class AudioPlugin(NormPixPlugin):
     Config = AudioConfig
     extensions = AUDIO_EXTENSIONS  # with from_video the instance also lists VIDEO_EXTENSIONS
     reference = "AudioMAE (Huang et al. 2022)"
+    # AudioMAE's global-attention decoder (decoder_mode 0) is MAE's 512 × 8 blocks × 16 heads for
+    # every size; its released recipe's 16-block decoder is the Swin local one (decoder_mode 1,
+    # windows 4×4), which PolyMAE does not build, so the audio model keeps MAE's decoder
+    reference_decoder = {"small": (8, 512, 16), "base": (8, 512, 16), "large": (8, 512, 16)}
     statistics = ("fbank_sum", "fbank_sumsq", "fbank_count")
     default_mask = {"strategy": "random", "ratio": 0.8}
     config: AudioConfig
@@ -236,8 +260,12 @@ class AudioPlugin(NormPixPlugin):
             return cfg.mean, cfg.std
         return AUDIOSET_MEAN, AUDIOSET_STD  # "audioset", or dataset statistics not computed yet
 
-    def features(self, waveform: np.ndarray) -> np.ndarray:
-        """(S,) waveform → (frames, num_mel_bins) normalised fbank."""
+    def features(self, waveform: np.ndarray, rng: np.random.Generator | None = None,
+                 roll: bool = True) -> np.ndarray:
+        """(S,) waveform → (frames, num_mel_bins) normalised fbank; with ``rng`` (a training view)
+        and ``roll_mag_aug``, of the waveform after :func:`roll_mag` (``roll``: shift as well as gain)."""
+        if rng is not None and self.config.roll_mag_aug:
+            waveform = roll_mag(waveform, rng, roll)
         feats = fbank(waveform, self.config)
         stats = self.norm_stats()
         return feats if stats is None else (feats - stats[0]) / (2 * stats[1])
@@ -266,20 +294,22 @@ class AudioPlugin(NormPixPlugin):
 
     def tokenize(self, array: np.ndarray, rng: np.random.Generator | None,
                  view: FrameView | None = None) -> TokenStream:
-        """The first window (no augmentation: AudioMAE pre-trains without any, so rng is unused)."""
-        return self.window_stream(self.features(array)[: self.config.target_length])
+        """The first window; with ``rng``, of the augmented waveform (``roll_mag_aug``)."""
+        return self.window_stream(self.features(array, rng)[: self.config.target_length])
 
     def tokenize_file(self, data: bytes, path: str, rng: np.random.Generator | None) -> list[TokenStream]:
-        """Every window of the file, in time order; decoded and transformed once."""
-        feats = self.features(self.decode(data, path))
+        """Every window of the file, in time order; decoded, augmented (with ``rng``) and transformed
+        once, so the window count is the scan's whatever the draw."""
+        feats = self.features(self.decode(data, path), rng)
         return [self.window_stream(feats[s : s + self.config.target_length]) for s in self.window_starts(len(feats))]
 
     def tokenize_timed(self, data: bytes, path: str, rng: np.random.Generator | None,
                        ) -> tuple[list[TokenStream], list[TimeSpan]]:
         """As a clock's first stream (CAV-MAE's pairing: list the audio stream first): every window
         and its seconds (10.24 s at AudioMAE's 1024 frames; up to the end of a shorter recording),
-        so the video stream takes its frames inside each window."""
-        feats = self.features(self.decode(data, path))
+        so the video stream takes its frames inside each window. Training views get the gain only:
+        a roll would shift the sound against the video."""
+        feats = self.features(self.decode(data, path), rng, roll=False)
         per_second, length = 1000.0 / self.config.frame_shift, self.config.target_length
         starts = self.window_starts(len(feats))
         spans = [TimeSpan(s / per_second, min(s + length, len(feats)) / per_second) for s in starts]

@@ -58,6 +58,9 @@ class ModalityPlugin(ABC):
     statistics: ClassVar[tuple[str, ...]] = ()  # names of the additive statistics scan_file returns
     default_mask: ClassVar[dict[str, Any]] = {"strategy": "random", "ratio": 0.75}  # the reference's mask
     position_every_block: ClassVar[bool] = False  # Point-MAE adds the position code before every block
+    # the reference's decoder per model preset, (depth, width, heads), taken by a one-stream model
+    # (models/presets.py); a preset it does not list keeps the preset's decoder
+    reference_decoder: ClassVar[dict[str, tuple[int, int, int]]] = {}
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None or isinstance(config, dict):

@@ -49,6 +49,7 @@ class ImagePlugin(NormPixPlugin):
     Config = ImageConfig
     extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
     reference = "MAE (He et al. 2022)"
+    reference_decoder = {"base": (8, 512, 16), "large": (8, 512, 16)}  # MAE's dec512d8b
     config: ImageConfig
 
     @property

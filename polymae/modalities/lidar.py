@@ -29,7 +29,7 @@ from pydantic import Field
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
-from polymae.ops import panel_row, read_open3d, viridis
+from polymae.ops import MalformedFileError, panel_row, read_open3d, viridis
 from polymae.ops.crops import FrameView
 from polymae.tokenizer.axes import Axis, metric_axis
 from polymae.tokenizer.masking import MaskSpec
@@ -78,7 +78,10 @@ def _read_las(data: bytes) -> np.ndarray:
 
 
 def _read_open3d(data: bytes, ext: str) -> np.ndarray:
-    points = np.asarray(read_open3d(data, ext).points)  # no path: open3d reads a temporary copy of the bytes
+    try:
+        points = np.asarray(read_open3d(data, ext).points)  # no path: open3d reads a temporary copy of the bytes
+    except MalformedFileError as err:  # the body does not hold what the header declares
+        raise BadInputError(str(err)) from err
     if len(points) == 0:
         raise BadInputError(f"no points could be read (empty or not a valid {ext} file)")
     return np.concatenate([points, np.zeros((len(points), 1))], axis=1)

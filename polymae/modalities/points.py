@@ -44,8 +44,9 @@ from torch import nn
 
 from polymae.modalities.base import BadInputError, ModalityPlugin, PluginConfig
 from polymae.models.losses.chamfer import chamfer_l2
-from polymae.ops import panel_column, panel_row, read_open3d, viridis
+from polymae.ops import MalformedFileError, panel_column, panel_row, read_open3d, viridis
 from polymae.ops.crops import FrameView
+from polymae.ops.mesh_headers import off_counts
 from polymae.tokenizer.axes import Axis, metric_axis
 from polymae.tokenizer.stream import TokenStream
 
@@ -133,13 +134,11 @@ def _text_vertices(data: bytes, ext: str) -> np.ndarray:
     try:
         if ext == ".obj":
             rows = [ln[1:4] for ln in lines if ln[0] == b"v"]
-        elif not lines:
-            rows = []
         else:  # OFF: header word, counts (maybe on the same line), then the vertex lines
-            counts, body = (lines[0][1:], lines[1:]) if len(lines[0]) > 1 else (lines[1], lines[2:])
-            rows = [ln[:3] for ln in body[: int(counts[0])]]
+            vertices, _, body = off_counts(lines)
+            rows = [ln[:3] for ln in body[:vertices]]
         return np.array(rows, dtype=np.float64).reshape(-1, 3)
-    except (ValueError, IndexError) as err:
+    except (ValueError, IndexError) as err:  # MalformedFileError too (a ValueError)
         raise BadInputError(f"corrupt {ext} vertices: {err}") from err
 
 
@@ -190,6 +189,8 @@ class PointsPlugin(ModalityPlugin):
     Config = PointsConfig
     extensions = CLOUD_EXTENSIONS + MESH_EXTENSIONS + (".npy",)
     reference = "Point-MAE (Pang et al. 2022)"
+    # Point-MAE's one size: 4 decoder blocks at its 384 width, 6 heads (for every preset but tiny)
+    reference_decoder = {"small": (4, 384, 6), "base": (4, 384, 6), "large": (4, 384, 6)}
     default_mask = {"strategy": "random", "ratio": 0.6}
     position_every_block = True
     config: PointsConfig
@@ -225,16 +226,19 @@ class PointsPlugin(ModalityPlugin):
         points = self._read(data, path, ext)
         if len(points) == 0:
             raise BadInputError(f"no points could be read (empty or not a valid {ext} file)")
+        if not np.isfinite(points).all():  # before the subsample: it must not hide a bad point
+            raise BadInputError("non-finite coordinates (NaN or inf)")
         if len(points) > cfg.max_points:  # documented rule: a seeded (by the bytes) subsample, not refused
             rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little"))
             points = points[np.sort(rng.choice(len(points), cfg.max_points, replace=False))]
-        if not np.isfinite(points).all():
-            raise BadInputError("non-finite coordinates (NaN or inf)")
         if len(points) < cfg.min_points:
             raise BadInputError(f"too few points: {len(points)} < min_points {cfg.min_points}")
         if np.ptp(points, axis=0).max() <= 1e-9 * max(1.0, float(np.abs(points).max())):
             raise BadInputError("degenerate: all points identical (zero extent)")
-        return pc_norm(points).astype(np.float32)
+        cloud = pc_norm(points)
+        if not np.isfinite(cloud).all():  # coordinates so large that their squares overflow
+            raise BadInputError("coordinates out of range: they overflow when normalised")
+        return cloud.astype(np.float32)
 
     def _read(self, data: bytes, path: str, ext: str) -> np.ndarray:
         """(P, 3) float64 points of a file of the given format, unchecked."""
@@ -244,6 +248,8 @@ class PointsPlugin(ModalityPlugin):
             mesh = read_open3d(data, ext, path, mesh=True) if ext in MESH_EXTENSIONS + (".ply",) else None
             if mesh is None or len(mesh.triangles) == 0 and ext == ".ply":  # a cloud, or a PLY without faces
                 return np.asarray(read_open3d(data, ext, path).points)
+        except MalformedFileError as err:  # the body does not hold what the header declares
+            raise BadInputError(str(err)) from err
         except (RuntimeError, ValueError, OSError) as err:
             raise BadInputError(f"corrupt {ext} file: {err}") from err
         vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)

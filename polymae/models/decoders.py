@@ -26,7 +26,8 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from polymae.models.presets import ModelConfig
+from polymae.modalities.base import ModalityPlugin
+from polymae.models.presets import DecoderSize, ModelConfig
 
 
 def transformer_blocks(width: int, depth: int, heads: int, cfg: ModelConfig) -> nn.ModuleList:
@@ -68,11 +69,15 @@ class CrossAttention(nn.Module):
 
 
 class StreamDecoder(nn.Module):
-    """One stream's decoder. ``streams``: every stream of the model (the context may hold any)."""
+    """One stream's decoder of ``size`` (depth, width, heads). ``plugins``: every stream of the
+    model (the context may hold any), each with its decoder position code at this width."""
 
-    def __init__(self, streams: list[str], enc_width: int, cfg: ModelConfig) -> None:
+    def __init__(self, plugins: dict[str, ModalityPlugin], enc_width: int, size: DecoderSize,
+                 cfg: ModelConfig) -> None:
         super().__init__()
-        w = cfg.per_stream_width
+        depth, w, heads = size
+        streams = sorted(plugins)
+        self.position = nn.ModuleDict({m: plugins[m].build_position(w) for m in streams})
         self.proj_context = nn.Linear(enc_width, w)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, w))
         # MultiMAE's task embeddings: this decoder's code for "a token of stream m"
@@ -80,9 +85,9 @@ class StreamDecoder(nn.Module):
         self.query_norm = nn.LayerNorm(w, eps=1e-6)
         self.context_norm = nn.LayerNorm(w, eps=1e-6)
         self.out_norm = nn.LayerNorm(w, eps=1e-6)
-        self.cross_attn = CrossAttention(w, cfg.per_stream_heads)
+        self.cross_attn = CrossAttention(w, heads)
         self.mlp = Mlp(w, int(w * cfg.mlp_ratio))
-        self.blocks = transformer_blocks(w, cfg.per_stream_depth, cfg.per_stream_heads, cfg)
+        self.blocks = transformer_blocks(w, depth, heads, cfg)
 
     def forward(
         self, latent: torch.Tensor, keep: torch.Tensor, ids_restore: torch.Tensor, sizes: list[tuple[str, int]],
@@ -92,7 +97,8 @@ class StreamDecoder(nn.Module):
 
         latent (B, 1+K, W_enc) and keep (B, K) as forward_encoder returns them; ids_restore
         (B, N_total); sizes: (stream, N_m) of the batch's streams in order; pos_once, pos_every
-        (B, N_total, w) decoder position codes (pos_every: added before every block, or None);
+        (B, N_total, w) this decoder's position codes (``self.position``; pos_every: added before
+        every block, or None);
         sees (B, N_s) bool: the stream's tokens the decoder reconstructs (valid, and visible or
         decoded). → (B, N_s, w), zeros at tokens it does not see.
         """

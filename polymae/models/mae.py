@@ -88,11 +88,11 @@ class PolyMAE(nn.Module):
             )
             self.decoder_blocks = _blocks(dw, cfg.decoder_depth, cfg.decoder_heads, cfg)
             self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
-        else:  # MultiMAE: a decoder per stream; the decoder position codes are shared by all of them
-            dw = cfg.per_stream_width
-            self.decoder_position = nn.ModuleDict({m: plugins[m].build_position(dw) for m in self.modalities})
-            self.decoders = nn.ModuleDict({m: StreamDecoder(self.modalities, w, cfg) for m in self.modalities})
-        self.heads = nn.ModuleDict({m: plugins[m].build_head(dw) for m in self.modalities})
+        else:  # MultiMAE: a decoder per stream, each of its stream's size with its own position codes
+            self.decoders = nn.ModuleDict({m: StreamDecoder(plugins, w, cfg.stream_decoder(m), cfg)
+                                           for m in self.modalities})
+        head_width = {m: dw if cfg.decoder == "joint" else cfg.stream_decoder(m)[1] for m in self.modalities}
+        self.heads = nn.ModuleDict({m: plugins[m].build_head(head_width[m]) for m in self.modalities})
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -122,14 +122,16 @@ class PolyMAE(nn.Module):
         """The parameters only ``stream``'s tokens reach: its embedding, positions, stream codes,
         head (and with per-stream decoders its decoder and every decoder's code for it). A batch
         without a valid token of the stream gives each of them an exactly zero gradient."""
-        modules: list[nn.Module] = [self.embed[stream], self.position[stream], self.decoder_position[stream],
-                                    self.heads[stream]]
+        modules: list[nn.Module] = [self.embed[stream], self.position[stream], self.heads[stream]]
         params = [self.modality_embed[stream]]
         if self.cfg.decoder == "joint":
+            modules.append(self.decoder_position[stream])
             params.append(self.decoder_modality_embed[stream])
         else:
             modules.append(self.decoders[stream])
-            params += [d.stream_embed[stream] for m, d in self.decoders.items() if m != stream]
+            others = [d for m, d in self.decoders.items() if m != stream]
+            modules += [d.position[stream] for d in others]
+            params += [d.stream_embed[stream] for d in others]
         return params + [p for module in modules for p in module.parameters()]
 
     def _cat(self, batch: Batch, field: str) -> torch.Tensor:
@@ -212,9 +214,9 @@ class PolyMAE(nn.Module):
         never reach a loss, as in the joint decoder."""
         names = self.streams_in(batch)
         sizes = [(m, batch[column(m, "valid")].shape[1]) for m in names]
-        pos_once, pos_every = self._positions(self.decoder_position, batch)
         preds = {}
         for m in names:
+            pos_once, pos_every = self._positions(self.decoders[m].position, batch)
             sees = (batch[column(m, "visible")] | batch[column(m, "decoded")]) & batch[column(m, "valid")]
             x = self.decoders[m](latent, keep, ids_restore, sizes, pos_once, pos_every, m, sees)
             preds[m] = self.heads[m](x)

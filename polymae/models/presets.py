@@ -1,6 +1,13 @@
 """Model sizes. ``base`` and ``large`` are MAE's ViT-B/16 and ViT-L/16 with its 512-wide,
 8-block decoder; ``tiny`` is small enough to train on two CPU cores in a test.
 
+A model of one stream takes its plugin's ``reference_decoder`` for the preset where the plugin
+lists one (VideoMAE: 4 blocks, 384 wide for ViT-B; Point-MAE: 4 blocks at 384): the reference
+trained that encoder with that decoder. So does each stream's per_stream decoder (its blocks
+after the cross-attention; ``per_stream_sizes``). A joint decoder over several streams has no
+single reference and keeps the preset's. ``tiny`` is never remapped (no plugin lists it): it
+stays the test-sized decoder. Fields given in ``overrides`` always win.
+
 The decoder is MAE's one joint decoder over every stream's tokens (``decoder="joint"``) or
 MultiMAE's per-stream decoders (``"per_stream"``: one cross-attention to all encoded tokens and
 two 256-wide, 8-head blocks per stream, MultiMAE's ``decoder_dim``/``decoder_depth`` and its
@@ -10,9 +17,12 @@ reference) is off unless ``contrastive_weight`` > 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+DecoderSize = tuple[int, int, int]  # (depth, width, heads)
 
 
 class ModelConfig(BaseModel):
@@ -30,8 +40,15 @@ class ModelConfig(BaseModel):
     per_stream_width: int = Field(256, gt=0, description="MultiMAE's decoder_dim")
     per_stream_depth: int = Field(2, ge=0, description="self-attention blocks after the cross-attention")
     per_stream_heads: int = Field(8, gt=0)
+    per_stream_sizes: dict[str, tuple[int, int, int]] = Field(
+        default_factory=dict, description="per stream (depth, width, heads) of its per_stream decoder; a stream "
+        "not listed: per_stream_depth, _width, _heads")
     contrastive_weight: float = Field(0.0, ge=0, description="CAV-MAE uses 0.01; 0 turns the term off")
     contrastive_temperature: float = Field(0.05, gt=0)
+
+    def stream_decoder(self, stream: str) -> DecoderSize:
+        """(depth, width, heads) of ``stream``'s per_stream decoder."""
+        return self.per_stream_sizes.get(stream, (self.per_stream_depth, self.per_stream_width, self.per_stream_heads))
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -42,8 +59,26 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def resolve_model_config(preset: str, overrides: dict | None = None) -> ModelConfig:
-    """The preset's settings with any explicitly given field replaced."""
+JOINT_FIELDS = ("decoder_depth", "decoder_width", "decoder_heads")
+PER_STREAM_FIELDS = ("per_stream_depth", "per_stream_width", "per_stream_heads")
+
+
+def resolve_model_config(preset: str, overrides: dict | None = None,
+                         reference_decoders: Mapping[str, Mapping[str, DecoderSize]] | None = None) -> ModelConfig:
+    """The preset's settings, then the reference decoders, then any explicitly given field.
+
+    ``reference_decoders``: stream name → its plugin's reference decoder per preset. A model of
+    one stream takes that stream's (for the preset) as its joint decoder; every stream's
+    per_stream decoder takes its own (``per_stream_sizes``), except for the per_stream_* fields
+    the overrides set, which apply to every stream."""
     if preset not in PRESETS:
         raise KeyError(f"unknown model preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[preset].model_dump(), **(overrides or {})})
+    overrides = overrides or {}
+    fields = PRESETS[preset].model_dump()
+    references = {m: ref[preset] for m, ref in (reference_decoders or {}).items() if preset in ref}
+    if len(reference_decoders or {}) == 1 and references:
+        fields.update(zip(JOINT_FIELDS, next(iter(references.values())), strict=True))
+    explicit = {i: overrides[f] for i, f in enumerate(PER_STREAM_FIELDS) if f in overrides}
+    fields["per_stream_sizes"] = {m: tuple(explicit.get(i, v) for i, v in enumerate(size))
+                                  for m, size in references.items()}
+    return ModelConfig(**{**fields, **overrides})

@@ -6,6 +6,8 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
+from polymae.ops.mesh_headers import check_declared_size
+
 if TYPE_CHECKING:
     import open3d as o3d
 
@@ -18,8 +20,12 @@ def read_open3d(
 
     open3d cannot read from memory, so the bytes go through a temporary file with suffix ``ext``;
     when ``path`` is given and already is that file (same extension and size), it is read instead.
+    The header is checked against the body first (``check_declared_size``: a short body would
+    come back as uninitialised points), raising MalformedFileError (a ValueError) with the reason.
     open3d's errors (RuntimeError, ValueError, OSError) pass through to the caller."""
     import open3d as o3d  # here, not at the top: importing polymae.ops must not load open3d (seconds)
+
+    check_declared_size(data, ext)
 
     with tempfile.NamedTemporaryFile(suffix=ext) as tmp:
         source = path

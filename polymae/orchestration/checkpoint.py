@@ -2,13 +2,15 @@
 
 A checkpoint folder holds ``model.pt`` (state dict), ``optimizer.pt``, ``spec.yaml`` and
 ``state.json`` (``{"step": n, "sizes": {file: bytes}}``: a partly copied folder is incomplete);
-``spec.yaml`` is the resolved pipeline spec that built the model.
+``spec.yaml`` is the resolved pipeline spec that built the model. What leaves the run (the
+``checkpoint`` artifact, the registered model) is :func:`weights_only`: no optimizer state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ def build_model(spec: PipelineSpec) -> PolyMAE:
     """The model a spec describes, initialised from the run seed (same on every worker)."""
     torch.manual_seed(spec.seed)
     plugins = {s.name: make_plugin(s.modality, s.config) for s in spec.sources}  # keyed by stream name
-    return PolyMAE(plugins, spec.model.resolved(), {s.name: s.loss_weight for s in spec.sources})
+    return PolyMAE(plugins, spec.resolved_model(), {s.name: s.loss_weight for s in spec.sources})
 
 
 def save_checkpoint(
@@ -53,6 +55,21 @@ def is_complete(folder: str | Path) -> bool:
         return False
 
 
+WEIGHTS_FILES = ("model.pt", "spec.yaml")  # what a model needs to load (state.json: its step)
+
+
+def weights_only(folder: str | Path, dest: str | Path) -> Path:
+    """Copy the model's files of checkpoint ``folder`` to ``dest`` (no ``optimizer.pt``: training
+    state stays with the run's storage), with a ``state.json`` that lists just them; → ``dest``."""
+    folder, dest = Path(folder), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WEIGHTS_FILES:
+        shutil.copy2(folder / name, dest / name)
+    sizes = {name: (dest / name).stat().st_size for name in WEIGHTS_FILES}
+    (dest / "state.json").write_text(json.dumps({"step": checkpoint_step(folder), "sizes": sizes}))
+    return dest
+
+
 def checkpoint_step(folder: str | Path) -> int:
     return int(json.loads((Path(folder) / "state.json").read_text())["step"])
 
@@ -62,6 +79,24 @@ def load_weights(folder: str | Path, model: torch.nn.Module) -> int:
     folder = Path(folder)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     return checkpoint_step(folder)
+
+
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor of a state dict holding a NaN or inf, described ("name:
+    k of n values non-finite"); None when every one is finite (buffers count: BatchNorm's
+    running statistics are weights the model uses too)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"{name}: {int((~torch.isfinite(tensor)).sum())} of {tensor.numel()} values non-finite"
+    return None
+
+
+def check_finite_weights(folder: str | Path) -> None:
+    """Raise FloatingPointError naming the first non-finite parameter of a checkpoint's model."""
+    bad = first_nonfinite(torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True))
+    if bad is not None:
+        raise FloatingPointError(f"non-finite weights in the checkpoint {folder} "
+                                 f"(step {checkpoint_step(folder)}): {bad}; not registered")
 
 
 def load_optimizer_state(folder: str | Path, optimizer: torch.optim.Optimizer) -> None:

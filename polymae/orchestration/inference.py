@@ -13,7 +13,8 @@ from polymae.tokenizer.stream import TokenStream
 
 def resolve_checkpoint(model_uri: str, tracking_uri: str | None = None) -> str:
     """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a checkpoint folder → a local checkpoint folder."""
-    from polymae.orchestration.tracking import download_checkpoint, resolve_tracking_uri
+    from polymae.orchestration.locations import resolve_tracking_uri
+    from polymae.orchestration.tracking import download_checkpoint
 
     return download_checkpoint(model_uri, resolve_tracking_uri(tracking_uri))
 

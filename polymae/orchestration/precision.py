@@ -19,14 +19,21 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8.0) or newer. Older GPUs (V100, T4) only emulate bf16, which
+    ``torch.cuda.is_bf16_supported()`` counts by default: there it is slower than fp32."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on a bf16-capable GPU or CPU, else fp32 (None = no autocast)."""
+    """``auto``: bf16 where the GPU or CPU does it natively, else fp32 (None = no autocast)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cuda_has_native_bf16(device) else None
     return torch.bfloat16 if cpu_has_bf16() else None
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import ray
 
 from polymae.orchestration.checkpoint import checkpoint_step
+from polymae.orchestration.locations import resolve_locations, resolve_tracking_uri
 from polymae.orchestration.runtime import init_ray
 from polymae.orchestration.stages import STAGES, RunContext
-from polymae.orchestration.tracking import find_stage_output, record_stage, resolve_tracking_uri, start_run
+from polymae.orchestration.tracking import find_stage_output, record_stage, start_run
 from polymae.pipelines.dag import fingerprints, topological_order
-from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
+from polymae.pipelines.spec import PipelineSpec, check_run_name, spec_to_yaml
 
 
 @dataclass
@@ -61,12 +62,14 @@ def plan(spec: PipelineSpec, use_cache: bool = True) -> list[PlannedStage]:
 def run_pipeline(spec: PipelineSpec, run_name: str | None = None, resume_run_id: str | None = None,
                  use_cache: bool = True) -> RunResult:
     """Run every stage of ``spec``; ``run_name`` (or ``resume_run_id``) of an earlier run
-    continues that run: same MLflow run, training from its last checkpoint."""
-    run_name = run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    uri = resolve_tracking_uri(spec.tracking.uri)
+    continues that run: same MLflow run, training from its last checkpoint. Every location is
+    resolved here, at the start; nothing later reads the working directory."""
+    run_name = check_run_name(run_name or spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    resolve_locations(spec)
+    uri = spec.tracking.uri
     planned = plan(spec, use_cache)  # before the run exists: a run never reuses its own new output
     run_id, run_name, resumed = start_run(spec, uri, run_name, resume_run_id)
-    out_dir = (Path(spec.outputs.dir) / run_name).resolve()
+    out_dir = Path(spec.outputs.dir) / check_run_name(run_name, f"the name of run {run_id}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     init_ray(spec)

@@ -16,7 +16,9 @@ running; False when that output is gone, and then it runs).
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -26,11 +28,11 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights
+from polymae.orchestration.checkpoint import build_model, checkpoint_step, latest_checkpoint, load_weights, weights_only
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
-from polymae.orchestration.train import train_loop_per_worker
+from polymae.orchestration.train import FAULT_FILE, raise_recorded_fault, train_loop_per_worker
 from polymae.pipelines.dag import ancestors, scan_sources, upstream_of_kind
 from polymae.pipelines.data import fixed_batch, token_dataset, write_token_shards
 from polymae.pipelines.files import Sample, SampleFile
@@ -120,7 +122,7 @@ class ScanStage(Stage):
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         sources = scan_sources(ctx.spec, stage)
         scanned = scan(ctx.spec, sources)  # also resolves dataset statistics into each source.config
-        folder = Path(ctx.spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder = Path(ctx.spec.outputs.dir) / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         write_quarantine(scanned.quarantine, str(folder / "quarantine.parquet"))
         record = {"good": [vars(f) for f in scanned.good], "quarantine": scanned.quarantine,
@@ -191,7 +193,7 @@ class PairStage(Stage):
 
     def run(self, ctx: RunContext, stage: StageSpec) -> str:
         spec = ctx.spec
-        folder = Path(spec.outputs.dir).resolve() / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
+        folder = Path(spec.outputs.dir) / "stages" / f"{stage.name}-{ctx.fingerprints[stage.name][:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         paired = pair(ctx.scan_of(stage), {s.name: s.modality for s in spec.sources},
                       spec.pairing or PairingSpec(), folder, view_followers(spec.sources))
@@ -258,9 +260,12 @@ class TrainStage(Stage):
                                      checkpoint_config=CheckpointConfig(num_to_keep=2),
                                      failure_config=FailureConfig(max_failures=train.max_failures)),
             )
+            (ctx.out_dir / "train" / FAULT_FILE).unlink(missing_ok=True)  # one of an earlier attempt
             trainer.fit()
+            raise_recorded_fault(ctx.out_dir / "train")
         final = latest_checkpoint(ctx.out_dir / "train") or resume
-        ctx.client.log_artifacts(ctx.run_id, str(final), "checkpoint")
+        with tempfile.TemporaryDirectory(prefix="polymae-weights-") as tmp:  # the run keeps weights only
+            ctx.client.log_artifacts(ctx.run_id, str(weights_only(final, tmp)), "checkpoint")
         ctx.checkpoints[stage.name] = Path(final)
         return str(final)
 
@@ -273,7 +278,8 @@ class TrainStage(Stage):
 
 @register_stage
 class EvaluateStage(Stage):
-    """Output: ``evaluate.json`` (step, eval loss) in the run's folder; renders logged."""
+    """Output: ``evaluate.json`` (step, eval loss) in the run's folder; renders logged. A
+    non-finite eval loss fails the stage."""
 
     kind = "evaluate"
 
@@ -283,6 +289,9 @@ class EvaluateStage(Stage):
         step = load_weights(checkpoint, model)
         ctx.eval_loss = log_eval(ctx.client, ctx.run_id, model, fixed_batch(ctx.spec, ctx.eval_files(stage)),
                                  step, ctx.out_dir)
+        if not math.isfinite(ctx.eval_loss):
+            raise FloatingPointError(f"non-finite eval loss {ctx.eval_loss} of the checkpoint at step {step} "
+                                     f"({checkpoint})")
         path = ctx.out_dir / f"{stage.name}.json"
         path.write_text(json.dumps({"step": step, "eval_loss": ctx.eval_loss, "checkpoint": str(checkpoint)}))
         return str(path)
@@ -296,7 +305,8 @@ class EvaluateStage(Stage):
 
 @register_stage
 class RegisterStage(Stage):
-    """Output: ``models:/NAME/VERSION`` of the new model version."""
+    """Output: ``models:/NAME/VERSION`` of the new model version (never of a model with a
+    non-finite weight: ``log_model`` refuses it)."""
 
     kind = "register"
 

@@ -7,9 +7,11 @@ callback). The model is logged as a pyfunc whose artifacts are a weights-only ch
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,9 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+import polymae
 from polymae import __version__
+from polymae.orchestration.locations import local_store_folder
 from polymae.pipelines.dag import spec_fingerprint
 from polymae.pipelines.spec import PipelineSpec, spec_to_yaml
 
@@ -29,10 +33,15 @@ log = logging.getLogger(__name__)
 RUN_NAME_TAG = "polymae.run_name"
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Default: a SQLite store in the working directory, as an absolute URI so Ray workers
-    (whose working directory differs) write to the same place."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow filter string. MLflow's filter grammar has no escapes, so a
+    value holding both quote characters cannot be searched for: that is an error, never a filter
+    that means something else."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters: it cannot be put in an MLflow filter")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -53,9 +62,8 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    artifact_location = None
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:  # local store: artifacts beside it
-        artifact_location = Path("mlartifacts").resolve().as_uri()
+    store = local_store_folder(uri)  # a local store keeps its artifacts beside it
+    artifact_location = (store / "mlartifacts").as_uri() if store is not None else None
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
@@ -81,7 +89,7 @@ def start_run(spec: PipelineSpec, uri: str, run_name: str, run_id: str | None = 
     client = MlflowClient(uri)
     exp = experiment_id(client, spec.tracking.experiment, uri)
     if run_id is None:
-        previous = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        previous = client.search_runs([exp], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
                                       max_results=1)
         run_id = previous[0].info.run_id if previous else None
     tags = {"polymae.spec_fingerprint": spec_fingerprint(spec), "polymae.version": __version__}
@@ -113,7 +121,8 @@ def find_stage_output(uri: str, experiment: str, name: str, fingerprint: str) ->
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{stage_tag(name)}` = '{fingerprint}'",
+    where = f"tags.`{stage_tag(name)}` = {filter_value(fingerprint)}"
+    runs = client.search_runs([found.experiment_id], filter_string=where,
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None
@@ -226,15 +235,46 @@ class PolyMAEPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.embed_batch(batch).numpy()
 
 
+def model_requirements() -> list[str]:
+    """The pip requirements of the logged model: PolyMAE's own dependencies (its installed
+    metadata), pinned to the versions installed here. Not PolyMAE itself: the model carries
+    its code (``code_paths``), and a ``polymae`` name on a public index may be anyone's."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = importlib.metadata.requires("polymae") or []
+    except importlib.metadata.PackageNotFoundError:  # a copy on the path (a Ray Job's py_modules)
+        declared = ["torch", "timm", "numpy", "pydantic", "pyyaml", "pillow"]
+    out = []
+    for line in declared:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an extra's (dev) requirement
+        try:
+            version = importlib.metadata.version(req.name).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            out.append(str(req))
+            continue
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        out.append(f"{req.name}{extras}=={version}")
+    return out
+
+
 def log_model(uri: str, run_id: str, checkpoint_dir: str, registered_model: str) -> str:
-    """Log the checkpoint as a pyfunc model of the run and register it; → the version."""
+    """Log the checkpoint's weights (:func:`weights_only`) as a pyfunc model of the run that
+    carries the ``polymae`` package (``code_paths``), and register it; → the version. A model
+    with a non-finite weight is refused (FloatingPointError naming it) before anything is logged."""
+    from polymae.orchestration.checkpoint import check_finite_weights, weights_only
+
+    check_finite_weights(checkpoint_dir)
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory(prefix="polymae-model-") as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=PolyMAEPyfunc(),
-            artifacts={"checkpoint": checkpoint_dir},
-            pip_requirements=[f"polymae=={__version__}", f"torch=={torch.__version__.split('+')[0]}"],
+            artifacts={"checkpoint": str(weights_only(checkpoint_dir, Path(tmp) / "checkpoint"))},
+            code_paths=[str(Path(polymae.__file__).parent)],
+            pip_requirements=model_requirements(),
             registered_model_name=registered_model,
         )
     return str(info.registered_model_version)

@@ -3,7 +3,9 @@
 Each worker builds the same model from the spec (same seed), wraps it for DDP, reads its
 shard of the token stream (masks already made by the data pipeline: the step only gathers),
 and steps AdamW with MAE's warmup + half-cycle cosine schedule. Rank 0 logs to MLflow and
-prints a progress line; every ``checkpoint_every`` steps all ranks report and rank 0 saves.
+prints a progress line; every ``checkpoint_every`` steps all ranks report and rank 0 saves. A
+non-finite loss (``train.nonfinite``) stops every rank cleanly (the driver raises it) or skips
+the step, counted in ``train/skipped_nonfinite``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -29,7 +32,14 @@ from polymae.orchestration.checkpoint import (
     save_checkpoint,
 )
 from polymae.orchestration.precision import autocast_dtype
-from polymae.orchestration.step import DDP_KWARGS, make_optimizer, train_step
+from polymae.orchestration.step import (
+    DDP_KWARGS,
+    NonFiniteLoss,
+    SkippedSteps,
+    make_optimizer,
+    stream_loss_means,
+    train_step,
+)
 from polymae.orchestration.tracking import MetricLogger
 from polymae.pipelines.spec import PipelineSpec, TrainSpec
 
@@ -56,6 +66,30 @@ def _report(step: int, metrics: dict[str, float], model: torch.nn.Module,
             save_checkpoint(tmp, getattr(model, "module", model), optimizer, step, spec)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({**metrics, "step": step}, checkpoint=checkpoint)
+
+
+# Where the loop leaves a deterministic fault (a non-finite loss) for the driver, in the run's
+# train storage. Raising it in the loop would make Ray Train restart the worker group from its
+# last checkpoint (FailureConfig.max_failures; V2 has no non-retryable worker error), only to
+# meet the same batch again: every rank returns instead, and the driver raises it.
+FAULT_FILE = "fault.txt"
+
+
+def _stop(storage: str, message: str, rank: int, logger: MetricLogger | None) -> None:
+    """End this worker's loop on a fault every rank met at the same step: rank 0 records it."""
+    log.error(f"[polymae] {message}")
+    if rank == 0:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        (Path(storage) / FAULT_FILE).write_text(message)
+    if logger is not None:
+        logger.close()
+
+
+def raise_recorded_fault(storage: str | Path) -> None:
+    """On the driver after ``fit``: the fault a training loop stopped on, raised (FloatingPointError)."""
+    fault = Path(storage) / FAULT_FILE
+    if fault.is_file():
+        raise FloatingPointError(fault.read_text())
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -106,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # numpy batches: the sample ids (strings) travel with the token columns, so errors can name samples
     batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="numpy")
     tic, seen = time.perf_counter(), 0
+    skipped = SkippedSteps(train.max_skipped_fraction, train.steps)  # from this attempt's start
     model.train()
     for numpy_batch in batches:
         if skip:
@@ -117,18 +152,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: torch.as_tensor(v).to(device) for k, v in numpy_batch.items() if "." in k}  # token columns
-        loss, losses = train_step(model, optimizer, batch, device, dtype, step + 1, numpy_batch["sample_id"])
+        try:
+            loss, losses, skip_report = train_step(model, optimizer, batch, device, dtype, step + 1,
+                                                   numpy_batch["sample_id"], train.nonfinite)
+        except NonFiniteLoss as err:  # every rank raised it at this step
+            return _stop(config["storage"], f"{err} (train.nonfinite: error)", rank, logger)
         step += 1
         seen += per_worker * world
-        if step % train.log_every == 0 or step == train.steps:
+        if skip_report is not None:
+            log.warning(f"[polymae] skipped: {skip_report}")
+            too_many = skipped.add(skip_report)
+            if logger is not None:
+                logger.log({"train/skipped_nonfinite": skipped.count}, step)
+            if too_many:
+                return _stop(config["storage"], too_many, rank, logger)
+        elif step % train.log_every == 0 or step == train.steps:
             mean_loss = loss.detach().float()
             if world > 1:
                 torch.distributed.all_reduce(mean_loss)
                 mean_loss /= world
+            per_stream = stream_loss_means(model, losses, batch)  # every rank: it all-reduces
             rate = seen / (time.perf_counter() - tic)
             if logger is not None:
                 metrics = {"train/loss": mean_loss.item(), "train/lr": lr, "train/samples_per_s": rate}
-                metrics.update({f"train/loss_{m}": v.item() for m, v in losses.items()})
+                metrics.update({f"train/loss_{m}": v for m, v in per_stream.items()})
                 logger.log(metrics, step)
                 log.info(f"[polymae] step {step}/{train.steps}  loss {mean_loss.item():.4f}  "
                          f"lr {lr:.2e}  {rate:.1f} samples/s")

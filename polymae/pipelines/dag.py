@@ -57,7 +57,7 @@ def _scan_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
 
 
 def _train_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
-    return {"seed": spec.seed, "model": spec.model.resolved().model_dump(mode="json"),
+    return {"seed": spec.seed, "model": spec.resolved_model().model_dump(mode="json"),
             "train": spec.train.model_dump(mode="json", exclude=_TRAIN_LOGISTICS),
             "split": spec.split.model_dump(mode="json"),
             "mask": {m: s.model_dump(mode="json") for m, s in spec.mask_specs().items()}}

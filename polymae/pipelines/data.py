@@ -1,18 +1,20 @@
 """The training stream: samples → per-epoch manifest → read, decode, tokenize and mask in Ray Data.
 
 An epoch manifest of samples (global sample i is a fixed (sample, view) pair, so a resumed run
-starts at sample step·batch) → ``map_batches``: read each of a sample's files, decode once,
-sample views, tokenize and mask, each sample seeded by (run seed, sample id, epoch). Every batch
-has the columns of every stream; a sample without a stream carries it as absent (no valid
-token: never visible, never scored). Streams that share a spatial frame (``sources[].frame``:
-an RGB image and its depth map, the band groups of a scene) get the same views (a crop and flip;
-a scene's chips), drawn by the frame's first stream with ``frame_views``;
-streams on one clock (``sources[].clock``: a video and its own audio track) cover the same
-seconds, those of the first stream's clips.
+starts at sample step·batch), generated lazily inside Ray Data from chunks of global indices
+(the driver holds the sample table, never the steps × batch rows) → ``map_batches``: read each
+of a sample's files, decode once, sample views, tokenize and mask, each sample seeded by (run
+seed, sample id, epoch). Every batch has the columns of every stream; a sample without a stream
+carries it as absent (no valid token: never visible, never scored). Streams that share a spatial
+frame (``sources[].frame``: an RGB image and its depth map, the band groups of a scene) get the
+same views (a crop and flip; a scene's chips), drawn by the frame's first stream with
+``frame_views``; streams on one clock (``sources[].clock``: a video and its own audio track)
+cover the same seconds, those of the first stream's clips.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -34,6 +36,15 @@ from polymae.tokenizer.stream import TokenStream, streams_to_columns
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_layout(seed: int, epoch: int, sizes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(sample order, cumulative views) of one epoch. Cached: the lazy manifest's chunks of one
+    epoch share it, so a chunk costs O(its rows), not a permutation of every sample."""
+    views = np.frombuffer(sizes, dtype=np.int64)
+    order = np.random.default_rng([seed, epoch]).permutation(len(views))
+    return order, np.cumsum(views[order])
+
+
 def epoch_manifest(samples: list[Sample], seed: int, start: int, count: int) -> list[dict[str, Any]]:
     """Samples ``start … start+count`` of the endless sequence of seeded epoch permutations.
 
@@ -43,16 +54,12 @@ def epoch_manifest(samples: list[Sample], seed: int, start: int, count: int) -> 
     sample's stream → file map as JSON (one Arrow type whatever streams a sample has).
     """
     sizes = np.array([s.num_samples for s in samples], dtype=np.int64)
-    per_epoch = int(sizes.sum())
+    per_epoch, key = int(sizes.sum()), sizes.tobytes()
     rows: list[dict[str, Any]] = []
-    layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     index, end = start, start + count
     while index < end:
         epoch, offset = divmod(index, per_epoch)
-        if epoch not in layouts:
-            order = np.random.default_rng([seed, epoch]).permutation(len(samples))
-            layouts[epoch] = order, np.cumsum(sizes[order])
-        order, ends = layouts[epoch]
+        order, ends = _epoch_layout(seed, epoch, key)
         pos = int(np.searchsorted(ends, offset, side="right"))
         s = samples[order[pos]]
         first = offset - int(ends[pos] - s.num_samples)
@@ -61,6 +68,17 @@ def epoch_manifest(samples: list[Sample], seed: int, start: int, count: int) -> 
                      "first": first, "count": take})
         index += take
     return rows
+
+
+def manifest_chunk(batch: dict[str, np.ndarray], samples: list[Sample], seed: int, start: int, count: int,
+                   chunk: int) -> dict[str, np.ndarray]:
+    """map_batches over chunk numbers k → the manifest rows of global samples
+    ``start + k·chunk …`` (``chunk`` of them; the last chunk stops at ``start + count``)."""
+    rows = []
+    for k in batch["id"]:
+        first = start + int(k) * chunk
+        rows += epoch_manifest(samples, seed, first, min(chunk, start + count - first))
+    return manifest_batch(rows)
 
 
 def manifest_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -142,11 +160,7 @@ def tokenize_batch(
     modality, config, frame and clock), masked by ``policy`` (``tokenizer.policy``, ``alpha``,
     ``visible``), cut to ``region`` (``split.region``). A sample that fails here (a file changed
     since the scan) is dropped from the batch; the scan already quarantined bad files."""
-    plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
-    shares = {name: {"frame": s.get("frame"), "clock": s.get("clock")} for name, s in streams.items()}
-    settings = dict(policy or {})
-    mask_policy = MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed,
-                             shared=shared_axes(streams), **settings)
+    plugins, shares, mask_policy = _built(streams, masks, seed, policy or {})
     samples, ids, epochs = [], [], []
     rows = zip(batch["sample_id"], batch["paths"], batch["epoch"], batch["first"], batch["count"], strict=True)
     for sid, paths, epoch, first, count in rows:
@@ -166,6 +180,24 @@ def tokenize_batch(
         columns = streams_to_columns(name, [s.get(name, absent) for s in samples] or [absent])
         out.update({k: v[: len(samples)] for k, v in columns.items()})
     return out
+
+
+_BUILT: dict[str, tuple[dict[str, ModalityPlugin], dict[str, dict[str, str | None]], MaskPolicy]] = {}
+
+
+def _built(streams: dict[str, dict], masks: dict[str, dict], seed: int,
+           policy: dict[str, Any]) -> tuple[dict[str, ModalityPlugin], dict[str, dict[str, str | None]], MaskPolicy]:
+    """(plugins, frame/clock shares, mask policy) of ``tokenize_batch``'s settings, built once per
+    worker process rather than per batch (plugin configs validate; some load tables)."""
+    key = json.dumps([streams, masks, seed, policy], sort_keys=True, default=repr)
+    if key not in _BUILT:
+        if len(_BUILT) >= 8:
+            _BUILT.clear()
+        plugins = {name: make_plugin(s["modality"], s["config"]) for name, s in streams.items()}
+        shares = {name: {"frame": s.get("frame"), "clock": s.get("clock")} for name, s in streams.items()}
+        _BUILT[key] = plugins, shares, MaskPolicy({m: MaskSpec(**s) for m, s in masks.items()}, seed,
+                                                  shared=shared_axes(streams), **policy)
+    return _BUILT[key]
 
 
 def shared_axes(streams: dict[str, dict]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -190,13 +222,28 @@ def stream_kwargs(spec: PipelineSpec, train: bool = True) -> dict[str, Any]:
             "policy": {"policy": tok.policy, "alpha": tok.alpha, "visible": tok.visible}}
 
 
+MANIFEST_CHUNK = 256  # global samples per manifest chunk: one epoch-layout lookup serves them all
+TOKEN_BLOCK_BYTES = 8 << 20  # Ray Data's default is 128 MiB
+
+
 def token_dataset(spec: PipelineSpec, samples: list[Sample], start: int, count: int) -> ray.data.Dataset:
-    """The streaming training dataset: ``count`` samples from global sample index ``start``."""
-    manifest = epoch_manifest(samples, spec.seed, start, count)
-    return ray.data.from_items(manifest).map_batches(
+    """The streaming training dataset: ``count`` samples from global sample index ``start``.
+
+    Ray Data generates the manifest from chunk numbers (``ray.data.range``), so the driver's
+    memory is the sample table whatever ``count`` is (an 800-epoch schedule is 10⁹ rows)."""
+    chunks = -(-count // MANIFEST_CHUNK)
+    manifest = ray.data.range(chunks, override_num_blocks=min(chunks, 64)).map_batches(
+        manifest_chunk, fn_kwargs={"samples": samples, "seed": spec.seed, "start": start, "count": count,
+                                   "chunk": MANIFEST_CHUNK}, batch_size=1, batch_format="numpy")
+    tokens = manifest.map_batches(
         tokenize_batch, fn_kwargs=stream_kwargs(spec), batch_size=4, batch_format="numpy",
         ray_remote_args_fn=lambda: {"max_retries": 3},  # bounded: a crashing file fails the run, no hang
     )
+    # Blocks bounded in bytes, not by a task's share of ``count``: a consumer (driver or trainer)
+    # holds a few blocks at a time, so its memory does not grow with the schedule's length, and
+    # the first batch arrives after a few samples rather than after 128 MiB of them.
+    tokens.context.target_max_block_size = TOKEN_BLOCK_BYTES
+    return tokens
 
 
 def fixed_batch(spec: PipelineSpec, samples: list[Sample], size: int = 4) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polymae.modalities.registry import available_modalities, get_plugin_class
-from polymae.models.presets import PRESETS, ModelConfig
+from polymae.models.presets import ModelConfig, resolve_model_config
 from polymae.pipelines.dag import DEFAULT_STAGES, PAIRED_STAGES, check_stages
 from polymae.pipelines.spec_checks import mask_problems, pairing_problems
 from polymae.tokenizer.masking import MaskSpec
@@ -37,6 +37,17 @@ class _Strict(BaseModel):
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: stream names prefix column names ("rgb.values")
+# spec, stage and run names: no '/', no leading '.', no quotes or spaces (a run name becomes a
+# folder under outputs.dir, a shell word of a Ray Job's entrypoint and a value in MLflow filters)
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def check_run_name(name: str, field: str = "--run-name") -> str:
+    """``name`` if it is a valid run name; else a SpecError naming ``field`` and the rule."""
+    if not re.fullmatch(ID_PATTERN, name):
+        raise SpecError([f"{field} = {name!r}: letters, digits, '_', '-' and '.' only, starting with a "
+                         "letter or digit (it names a folder, a shell word and an MLflow tag value)"])
+    return name
 
 
 class SourceSpec(_Strict):
@@ -107,9 +118,6 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown model fields {unknown}; allowed: {', '.join(ModelConfig.model_fields)}")
         return value
 
-    def resolved(self) -> ModelConfig:
-        return ModelConfig(**{**PRESETS[self.preset].model_dump(), **self.overrides})
-
 
 class TrainSpec(_Strict):
     steps: int = Field(200, gt=0)
@@ -129,6 +137,11 @@ class TrainSpec(_Strict):
     max_failures: int = Field(3, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the training workers on nodes")
+    nonfinite: Literal["error", "skip"] = Field(
+        "error", description="a step whose loss is non-finite: stop the run naming the step and samples "
+        "(never retried), or skip its update")
+    max_skipped_fraction: float = Field(0.05, ge=0, le=1, description="nonfinite: skip — a run that skips "
+                                        "more than this fraction of train.steps fails")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSpec:
@@ -145,7 +158,7 @@ class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlflow.db here")
     experiment: str = "polymae"
     registered_model: str | None = Field(None, description="default: the spec's name")
-    run_name: str | None = Field(None, description="same name again = continue that run")
+    run_name: str | None = Field(None, pattern=ID_PATTERN, description="same name again = continue that run")
 
 
 class SplitSpec(_Strict):
@@ -196,14 +209,14 @@ class RuntimeSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=ID_PATTERN)
     kind: str = Field(description="a registered stage kind: scan, pair, train, evaluate, register, embed")
     needs: list[str] = Field(default_factory=list, description="stages that must finish first")
     options: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
 
 
 class PipelineSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=ID_PATTERN)
     seed: int = 0
     sources: list[SourceSpec] = Field(min_length=1, description="the named streams of the samples")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
@@ -243,6 +256,11 @@ class PipelineSpec(_Strict):
 
     def source(self, stream: str) -> SourceSpec:
         return self.streams[stream]
+
+    def resolved_model(self) -> ModelConfig:
+        """The model's settings: the preset, a one-stream run's reference decoder, the overrides."""
+        references = {s.name: get_plugin_class(s.modality).reference_decoder for s in self.sources}
+        return resolve_model_config(self.model.preset, self.model.overrides, references)
 
     def mask_specs(self) -> dict[str, MaskSpec]:
         """Per stream: the fields the spec sets over its plugin's reference mask."""
