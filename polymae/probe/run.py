@@ -135,7 +135,7 @@ def _baseline(spec: PipelineSpec, stream: str, options: ProbeOptions, data: Labe
     """Top-1 of the random-init encoder: read from ``cache`` when an earlier probe computed it for
     the same architecture, seed, plugin settings, data and probe options."""
     source = spec.source(stream)
-    key = digest({"model": spec.model.resolved().model_dump(mode="json"), "seed": spec.seed,
+    key = digest({"model": spec.resolved_model().model_dump(mode="json"), "seed": spec.seed,
                   "sources": [s.model_dump(mode="json") for s in spec.sources], "data": fingerprint,
                   "options": options.model_dump(mode="json", exclude={"baseline", "output"})})
     folder = cache / f"probe-baseline-{key[:16]}"
