@@ -202,6 +202,47 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import ray
+    from mlflow.tracking import MlflowClient
+    from pydantic import ValidationError
+
+    from polymae.orchestration.inference import resolve_checkpoint
+    from polymae.orchestration.run import shutdown
+    from polymae.orchestration.tracking import experiment_id, resolve_tracking_uri
+    from polymae.probe.options import ProbeOptions
+    from polymae.probe.report import log_probe, summary
+    from polymae.probe.run import run_probe
+
+    fields = {k: getattr(args, k) for k in ("stream", "feature", "k", "tau", "test_fraction") if getattr(args, k)}
+    try:  # a bad option fails before the model loads
+        options = ProbeOptions(data=str(Path(args.data).resolve()), baseline=not args.no_baseline, **fields)
+    except ValidationError as err:
+        lines = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')} = {e.get('input')!r}: {e['msg']}"
+                 for e in err.errors()]
+        raise SpecError(lines) from None
+    uri = resolve_tracking_uri(args.tracking_uri)
+    checkpoint = resolve_checkpoint(args.model, uri)
+    started = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
+    if started:
+        ray.init(address=args.address or "local", include_dashboard=False)
+    try:
+        result = run_probe(checkpoint, options, args.output, args.cache)
+    finally:
+        if started:
+            shutdown()
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id(client, args.experiment, uri), run_name=f"probe-{Path(args.data).name}",
+                            tags={"polymae.probe.model": args.model})
+    log_probe(client, run.info.run_id, result, options, Path(args.output))
+    client.set_terminated(run.info.run_id)
+    print(summary(result))
+    print(f"[polymae] MLflow {uri} run {run.info.run_id}; outputs in {args.output}")
+    return 0
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from polymae.orchestration.checkpoint import load_model
     from polymae.orchestration.inference import resolve_checkpoint
@@ -294,6 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--address", help="Ray address (default: an embedded Ray)")
     embed.set_defaults(func=_cmd_embed)
 
+    probe = sub.add_parser("probe", help="kNN and linear probes of a model's encoder on labelled data, "
+                                         "beside a random-init encoder")
+    probe.add_argument("data", help="a folder of class folders, or a CSV / Parquet table: path, label[, split]")
+    probe.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    probe.add_argument("--output", required=True, help="folder for probe.json, split.csv, quarantine.parquet, PNGs")
+    probe.add_argument("--stream", help="which of the model's streams the files are (default: its first)")
+    probe.add_argument("--feature", help="cls (default) or mean (of the encoded tokens)")
+    probe.add_argument("--k", type=int, help="kNN neighbours (default 20)")
+    probe.add_argument("--tau", type=float, help="kNN temperature (default 0.07)")
+    probe.add_argument("--test-fraction", type=float, help="per class, without a split column (default 0.2)")
+    probe.add_argument("--no-baseline", action="store_true", help="skip the random-init encoder")
+    probe.add_argument("--cache", default="runs/stages", help="where random-init baselines are kept (reused)")
+    probe.add_argument("--experiment", default="polymae-probe", help="MLflow experiment of the probe's run")
+    probe.add_argument("--tracking-uri", help="default MLFLOW_TRACKING_URI, then sqlite:///mlflow.db")
+    probe.add_argument("--address", help="Ray address (default: an embedded Ray)")
+    probe.set_defaults(func=_cmd_probe)
+
     recon = sub.add_parser("reconstruct", help="encode some streams' files, predict others → renders")
     recon.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
     recon.add_argument("--inputs", nargs="+", required=True, metavar="STREAM", help="streams the encoder sees")
@@ -336,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polymae: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
-        if args.command not in ("reconstruct", "export"):
+        if args.command not in ("reconstruct", "probe", "export"):
             raise
         print(f"polymae {args.command}: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks and makes the venv match uv.lock exactly.
-#   1. system libraries (apt): libusb-1.0-0 (open3d links it), ffmpeg (video fixtures, audio tracks)
+#   1. system packages (apt): libusb-1.0-0 (open3d links it), ffmpeg (video fixtures, audio tracks),
+#      dataset-fashion-mnist and sonic-pi-samples (real labelled images and audio for the probes)
 #   2. uv at the version pyproject.toml requires, from hash-pinned scripts/uv-requirements.txt
 #   3. `uv sync --locked`: every package at the lock's version and hash (extraneous ones removed);
 #      fails, rather than re-resolving, when pyproject.toml and uv.lock disagree (then: make lock)
@@ -15,6 +16,8 @@ TOOLS=.tools/uv-$UV_VERSION
 need_apt=()
 dpkg -s libusb-1.0-0 >/dev/null 2>&1 || need_apt+=(libusb-1.0-0)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
+dpkg -s sonic-pi-samples >/dev/null 2>&1 || need_apt+=(sonic-pi-samples)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -47,4 +50,9 @@ stamp="$VENV/.doctor-ok"; want=$(cat uv.lock pyproject.toml | sha256sum | cut -c
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m polymae.doctor
   echo "$want" > "$stamp"
+fi
+# The probe example's labelled images: a seeded Fashion-MNIST subset as PNGs (gitignored), made
+# once from the Debian package (examples/probe_fashion_mnist.yaml).
+if [ ! -f examples/data/fashion-mnist/labels.csv ]; then
+  "$VENV/bin/python" -m polymae.probe.fashion_mnist examples/data/fashion-mnist
 fi

@@ -337,7 +337,13 @@ class PolyMAE(nn.Module):
         return out
 
     @torch.no_grad()
-    def embed_batch(self, batch: Batch) -> torch.Tensor:
-        """Encoder embedding per sample (B, W): the normalised cls token."""
-        latent, _, _ = self.forward_encoder(batch)
-        return latent[:, 0]
+    def embed_batch(self, batch: Batch, feature: str = "cls") -> torch.Tensor:
+        """Encoder embedding per sample (B, W): the normalised cls token (``cls``) or the mean of
+        the encoded visible tokens (``mean``, padding left out)."""
+        latent, _, keep = self.forward_encoder(batch)
+        if feature == "cls":
+            return latent[:, 0]
+        if feature == "mean":
+            weights = keep.to(latent.dtype)[..., None]  # (B, K, 1)
+            return (latent[:, 1:] * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        raise ValueError(f"feature {feature!r}: allowed cls, mean")

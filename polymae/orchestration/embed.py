@@ -1,8 +1,8 @@
 """Encoder embeddings of files with a trained model, written to Parquet by Ray Data.
 
     files ──▶ Ray Data map_batches (actors that load the model once): read → decode →
-    tokenize (evaluation views, every token visible) → encoder → normalised cls token
-    ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
+    tokenize (evaluation views, every token visible) → encoder → normalised cls token (or the
+    mean of the encoded tokens) ──▶ Parquet: sample_id, path, embedding (list<float>); bad files ──▶ quarantine.parquet
     ──▶ embed.done.json (written last: the checkpoint, its step and the counts)
 
 An embed replaces what its output folder held, so two models' rows never mix.
@@ -34,10 +34,10 @@ DONE_MARKER = "embed.done.json"  # written last: checkpoint, step and counts of 
 class Embedder:
     """A Ray Data actor: the model is loaded once per actor, not once per batch."""
 
-    def __init__(self, checkpoint: str, stream: str) -> None:
+    def __init__(self, checkpoint: str, stream: str, feature: str = "cls") -> None:
         torch.set_num_threads(1)
         self.model, self.spec = load_model(checkpoint)
-        self.stream = stream
+        self.stream, self.feature = stream, feature
         self.plugin = stream_plugin(self.spec, stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,7 +61,8 @@ class Embedder:
         if streams:
             columns = streams_to_columns(self.stream, streams)  # the model's other streams: absent
             with torch.no_grad():
-                embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()}).numpy()
+                embeddings = self.model.embed_batch({k: torch.as_tensor(v) for k, v in columns.items()},
+                                                     self.feature).numpy()
         padding = np.zeros((len(reasons), embeddings.shape[1]), np.float32)  # bad files' rows, dropped later
         return {"sample_id": np.array(ids + [r["path"] for r in reasons], dtype=object),
                 "path": np.array(paths + [r["path"] for r in reasons], dtype=object),
@@ -85,11 +86,7 @@ def embed_files(checkpoint: str | Path, paths: list[str], output: str, concurren
     files = discover(source, make_plugin(source.modality, source.config).extensions)
     if not files:
         raise FileNotFoundError(f"no {source.modality} files under {paths}")
-    rows = ray.data.from_items([{"sample_id": f.sample_id, "path": f.path} for f in files]).map_batches(
-        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream}, batch_size=8,
-        batch_format="numpy",
-        concurrency=concurrency,
-    ).materialize()
+    rows = _embedded(checkpoint, [(f.sample_id, f.path) for f in files], stream, "cls", concurrency)
     good = rows.filter(lambda r: not r["reason"])
     bad = rows.filter(lambda r: bool(r["reason"])).take_all()
     marker = Path(output) / DONE_MARKER
@@ -115,3 +112,25 @@ def complete_embeddings(output: str | Path, checkpoint: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return done.get("checkpoint") == str(checkpoint) and found == done.get("rows")
+
+
+def embed_rows(checkpoint: str | Path, files: list[tuple[str, str]], stream: str, feature: str = "cls",
+               concurrency: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(sample id, path) pairs → (rows of sample_id, path, embedding: a row per view; quarantine
+    rows of the files that failed: path, stream, modality, stage, reason). For sets that fit in
+    the driver's memory (probes); ``embed_files`` writes its rows to Parquet instead."""
+    rows = _embedded(checkpoint, files, stream, feature, concurrency).take_all()
+    modality = load_model(checkpoint)[1].source(stream).modality
+    good = [{k: r[k] for k in ("sample_id", "path", "embedding")} for r in rows if not r["reason"]]
+    bad = [{"path": r["path"], "stream": stream, "modality": modality, "stage": r["stage"], "reason": r["reason"]}
+           for r in rows if r["reason"]]
+    return good, bad
+
+
+def _embedded(checkpoint: str | Path, files: list[tuple[str, str]], stream: str, feature: str,
+              concurrency: int) -> ray.data.Dataset:
+    """The materialised embedding rows of ``files``: bad files' rows have a stage and reason."""
+    return ray.data.from_items([{"sample_id": sid, "path": path} for sid, path in files]).map_batches(
+        Embedder, fn_constructor_kwargs={"checkpoint": str(checkpoint), "stream": stream, "feature": feature},
+        batch_size=8, batch_format="numpy", concurrency=concurrency,
+    ).materialize()

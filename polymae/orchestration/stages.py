@@ -10,6 +10,7 @@ running; False when that output is gone, and then it runs).
     evaluate  eval loss and reconstruction renders of the final model on a fixed batch
     register  the checkpoint as a pyfunc model version in the MLflow registry
     embed     encoder embeddings of a folder of files → Parquet (Ray Data)
+    probe     kNN and linear probes of the encoder on a labelled set, beside a random-init one
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from polymae.orchestration.checkpoint import (
     resume_point,
     weights_only,
 )
-from polymae.orchestration.console import Progress, say
+from polymae.orchestration.console import CONSOLE, Progress, say
 from polymae.orchestration.evaluation import log_eval
 from polymae.orchestration.runtime import cluster_has_gpus
 from polymae.orchestration.tracking import log_model
@@ -368,3 +369,35 @@ class EmbedStage(Stage):
         from polymae.orchestration.embed import complete_embeddings
 
         return complete_embeddings(output, ctx.checkpoint_of(stage))  # else (cut short, overwritten) it runs
+
+
+
+@register_stage
+class ProbeStage(Stage):
+    """Output: a folder with ``probe.json`` (top-1s, sizes, fingerprint), ``split.csv`` and
+    ``quarantine.parquet`` (``options``: :class:`polymae.probe.options.ProbeOptions`). The
+    random-init baseline is cached under ``outputs.dir/stages`` for every later probe of the
+    same architecture, seed and data."""
+
+    kind = "probe"
+
+    def run(self, ctx: RunContext, stage: StageSpec) -> str:
+        from polymae.probe.options import ProbeOptions
+        from polymae.probe.report import log_probe, summary
+        from polymae.probe.run import run_probe
+
+        options = ProbeOptions.model_validate(stage.options)
+        out = Path(options.output or ctx.out_dir / stage.name)
+        checkpoint = ctx.checkpoint_of(stage)
+        result = run_probe(checkpoint, options, out, Path(ctx.spec.outputs.dir).resolve() / "stages")
+        log_probe(ctx.client, ctx.run_id, result, options, out, step=checkpoint_step(checkpoint))
+        CONSOLE.say(summary(result))
+        return str(out)
+
+    def restore(self, ctx: RunContext, stage: StageSpec, output: str) -> bool:
+        record = Path(output) / "probe.json"
+        if not record.is_file():
+            return False
+        for key, value in json.loads(record.read_text())["metrics"].items():
+            ctx.client.log_metric(ctx.run_id, key, value)
+        return True

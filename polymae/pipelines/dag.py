@@ -73,6 +73,16 @@ def _pair_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
             "manifest": (stat.st_size, stat.st_mtime_ns) if stat else None}
 
 
+def _probe_reads(spec: PipelineSpec, stage: StageSpec) -> Any:
+    """The probe's options and its labelled set's files (a table: the table file itself)."""
+    data = stage.options.get("data", "")
+    found = [data] if os.path.isfile(data) else sorted(
+        os.path.join(root, n) for root, _, names in os.walk(data) for n in names)
+    stats = [(os.path.relpath(p, data) if p != data else "", os.stat(p).st_size, os.stat(p).st_mtime_ns)
+             for p in found]
+    return {"options": {k: v for k, v in stage.options.items() if k != "output"}, "files": stats, "seed": spec.seed}
+
+
 STAGE_KINDS: dict[str, StageKind] = {
     "scan": StageKind((), _scan_reads),
     "pair": StageKind(("scan",), _pair_reads),
@@ -81,6 +91,7 @@ STAGE_KINDS: dict[str, StageKind] = {
     "register": StageKind(("train",), lambda spec, stage: {
         "model": spec.tracking.registered_model or spec.name}),
     "embed": StageKind(("train",), lambda spec, stage: stage.options),
+    "probe": StageKind(("train",), _probe_reads),
 }
 
 DEFAULT_STAGES = [
@@ -130,6 +141,8 @@ def check_stages(stages: list[StageSpec], streams: list[str]) -> list[str]:
         paths = stage.options.get("paths")
         if stage.kind == "embed" and not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
             problems.append(f"stages.{i}.options.paths = {paths!r}: an embed stage needs a list of files or folders")
+        if stage.kind == "probe":
+            problems += probe_problems(f"stages.{i}.options", stage.options, streams)
         source = stage.options.get("source") if stage.kind == "scan" else None
         index_ok = isinstance(source, int) and not isinstance(source, bool) and 0 <= source < len(streams)
         if source is not None and not index_ok and source not in streams:
@@ -149,6 +162,28 @@ def check_stages(stages: list[StageSpec], streams: list[str]) -> list[str]:
                 problems.append(f"stages ({stage.name}): stage kind {stage.kind!r} needs a {kind} stage upstream "
                                 f"(add it to needs:)")
     return problems
+
+
+def probe_problems(where: str, options: dict[str, Any], streams: list[str]) -> list[str]:
+    """A probe stage's options against ProbeOptions: one line per bad field, naming what is allowed."""
+    from pydantic import ValidationError
+
+    from polymae.probe.options import ProbeOptions
+
+    try:
+        probe = ProbeOptions.model_validate(options)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{where}.{loc}: unknown field; allowed: {', '.join(ProbeOptions.model_fields)}")
+            else:
+                lines.append(f"{where}.{loc} = {e.get('input')!r}: {e['msg']}")
+        return lines
+    if probe.stream is not None and probe.stream not in streams:
+        return [f"{where}.stream = {probe.stream!r}: not a stream; allowed: {', '.join(streams)}"]
+    return []
 
 
 def topological_order(stages: list[StageSpec]) -> list[StageSpec]:

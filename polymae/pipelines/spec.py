@@ -341,7 +341,7 @@ def _resolve(paths: list[str], field: str, base_dir: Path, problems: list[str]) 
 
 
 def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
-    """Resolve and check every path a spec names (sources, embed stages' data) before use."""
+    """Resolve and check every path a spec names (sources, embed and probe stages' data) before use."""
     problems: list[str] = []
     for i, source in enumerate(spec.sources):
         source.paths = _resolve(source.paths, f"sources.{i}.paths", base_dir, problems)
@@ -351,8 +351,10 @@ def resolve_paths(spec: PipelineSpec, base_dir: Path) -> None:
     for i, stage in enumerate(spec.stages):
         if stage.kind == "embed":
             stage.options["paths"] = _resolve(stage.options["paths"], f"stages.{i}.options.paths", base_dir, problems)
-            if stage.options.get("output"):
-                stage.options["output"] = str((base_dir / stage.options["output"]).resolve())
+        if stage.kind == "probe":
+            stage.options["data"] = _resolve([stage.options["data"]], f"stages.{i}.options.data", base_dir, problems)[0]
+        if stage.kind in ("embed", "probe") and stage.options.get("output"):
+            stage.options["output"] = str((base_dir / stage.options["output"]).resolve())
     if problems:
         raise SpecError(problems)
 
