@@ -51,3 +51,19 @@ def test_multispectral_example_learns_each_band_group(tmp_path):
     rgbn, 0.567 rededge, 0.608 swir on 5 held-out chips)."""
     scores = ratios(run_example("multispectral_mae", tmp_path))
     assert all(scores[g] <= BAR for g in ("rgbn", "rededge", "swir")), scores
+
+
+def test_probe_example_beats_random_init(tmp_path):
+    """The Fashion-MNIST probe example as it is (600 steps, ~6 min): on the official test split,
+    pre-training beats the random-init encoder's kNN clearly and its linear probe (measured
+    +17.6 and +5.8 points, bench/RESULTS.md)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "polymae.cli", "run", str(ROOT / "examples" / "probe_fashion_mnist.yaml"),
+           "--set", f"outputs.dir={tmp_path / 'runs'}", "--set", f"tracking.uri={uri}"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=3600)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("polymae-probe")
+    metrics = client.search_runs([experiment.experiment_id])[0].data.metrics
+    print({k: round(v, 2) for k, v in metrics.items() if k.startswith("probe/")})
+    assert metrics["probe/knn_top1_gain"] >= 5, metrics
+    assert metrics["probe/linear_top1_gain"] > 0, metrics
