@@ -84,10 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     except Exception as err:  # one clear message; the whole traceback goes to the log
         traceback.print_exc()
-        where = err.args[0] if isinstance(err, StageFailed) else "polymae run failed"
-        cause = err.__cause__ if isinstance(err, StageFailed) and err.__cause__ else err
+        line = str(err) if isinstance(err, StageFailed) else f"polymae run failed: {failure_reason(err)}"
         log = f"full log: {CONSOLE.log_path}" if CONSOLE.log_path else "the traceback is above"
-        CONSOLE.say(f"polymae: {where}: {failure_reason(cause)}\n    {log}")
+        CONSOLE.say(f"polymae: {line}\n    {log}")
         return 1
     finally:
         shutdown()

@@ -17,7 +17,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from polymae.orchestration.checkpoint import checkpoint_step, resume_point
-from polymae.orchestration.console import CONSOLE, LOG_NAME, say
+from polymae.orchestration.console import CONSOLE, LOG_NAME, failure_reason, say
 from polymae.orchestration.locations import resolve_locations, resolve_tracking_uri
 from polymae.orchestration.runs import (
     RUN_NAME_TAG,
@@ -38,10 +38,13 @@ from polymae.pipelines.spec_diff import ForkError
 
 
 class StageFailed(RuntimeError):
-    """A stage raised; the cause is chained (``__cause__``)."""
+    """A stage raised; the cause is chained (``__cause__``) and its one-line reason is in the message,
+    so a caller of ``run_pipeline`` sees why as well as where."""
 
-    def __init__(self, stage: str, kind: str) -> None:
-        super().__init__(f"stage {stage} ({kind}) failed")
+    def __init__(self, stage: str, kind: str, cause: BaseException) -> None:
+        self.where = f"stage {stage} ({kind}) failed"
+        self.reason = failure_reason(cause)
+        super().__init__(f"{self.where}: {self.reason}")
         self.stage, self.kind = stage, kind
 
 
@@ -149,7 +152,7 @@ def _run_stages(spec: PipelineSpec, planned: list[PlannedStage], uri: str, run_i
         try:
             output = runner.run(ctx, stage)
         except Exception as err:
-            raise StageFailed(step.name, step.kind) from err
+            raise StageFailed(step.name, step.kind, err) from err
         record_stage(ctx.client, run_id, step.name, step.fingerprint, output)
         done[step.name] = "ran"
 

@@ -194,7 +194,8 @@ def _ending(err: BaseException) -> tuple[str, str]:
         why = "stopped by signal SIGTERM" if err.code == signal.SIGTERM else "stopped"
         return "KILLED", f"SystemExit: {why} (exit code {err.code})"
     status = "KILLED" if isinstance(err, (KeyboardInterrupt, RunStopped)) else "FAILED"
-    return status, f"{type(err).__name__}: {err}"[:FAILURE_CHARS]
+    reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"  # a StageFailed's cause
+    return status, reason[:FAILURE_CHARS]
 
 
 @contextlib.contextmanager
