@@ -61,6 +61,9 @@ class ModalityPlugin(ABC):
     # the reference's decoder per model preset, (depth, width, heads), taken by a one-stream model
     # (models/presets.py); a preset it does not list keeps the preset's decoder
     reference_decoder: ClassVar[dict[str, tuple[int, int, int]]] = {}
+    # what the render's columns (left to right) and rows (top to bottom) show: its captions
+    render_columns: ClassVar[tuple[str, ...]] = ("original", "masked", "reconstruction")
+    render_rows: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None) -> None:
         if config is None or isinstance(config, dict):

@@ -96,6 +96,7 @@ class DepthPlugin(ModalityPlugin):
     name = "depth"
     Config = DepthConfig
     extensions = (".png", ".tif", ".tiff", ".npy", ".pfm")
+    render_columns = ("depth", "visible", "prediction", "visible pasted")
     reference = "MultiMAE (Bachmann et al. 2022), depth domain"
     config: DepthConfig
 

@@ -48,6 +48,7 @@ class ImagePlugin(NormPixPlugin):
     name = "image"
     Config = ImageConfig
     extensions = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+    render_columns = ("original", "masked", "reconstruction", "visible pasted")
     reference = "MAE (He et al. 2022)"
     reference_decoder = {"base": (8, 512, 16), "large": (8, 512, 16)}  # MAE's dec512d8b
     config: ImageConfig

@@ -201,6 +201,7 @@ class LidarPlugin(ModalityPlugin):
     name = "lidar"
     Config = LidarConfig
     extensions = (".bin", ".pcd", ".ply", ".las", ".laz")
+    render_columns = ("original (top view)", "visible", "reconstruction")
     reference = "Voxel-MAE (Hess et al. 2023), R-MAE (Yang et al. 2023)"
     default_mask = {"strategy": "random", "ratio": 0.7}
     config: LidarConfig

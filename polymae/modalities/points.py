@@ -188,6 +188,7 @@ class PointsPlugin(ModalityPlugin):
     name = "points"
     Config = PointsConfig
     extensions = CLOUD_EXTENSIONS + MESH_EXTENSIONS + (".npy",)
+    render_columns = ("original", "visible groups", "reconstruction")
     reference = "Point-MAE (Pang et al. 2022)"
     # Point-MAE's one size: 4 decoder blocks at its 384 width, 6 heads (for every preset but tiny)
     reference_decoder = {"small": (4, 384, 6), "base": (4, 384, 6), "large": (4, 384, 6)}

@@ -101,6 +101,8 @@ class VideoPlugin(NormPixPlugin):
     Config = VideoConfig
     norm_pix_channels = 3  # VideoMAE normalises each tubelet per colour channel
     extensions = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+    render_columns = ()  # 4 frames spread over the clip
+    render_rows = ("original", "masked", "reconstruction")
     reference = "VideoMAE (Tong et al. 2022), VideoMAE V2 (Wang et al. 2023)"
     # VideoMAE's pretrain_videomae_{small,base,large}: 4 decoder blocks, half the encoder's width
     reference_decoder = {"small": (4, 192, 3), "base": (4, 384, 6), "large": (4, 512, 8)}

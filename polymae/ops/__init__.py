@@ -13,7 +13,7 @@ from polymae.ops.crops import (
 from polymae.ops.mesh_headers import MalformedFileError, check_declared_size
 from polymae.ops.open3d_io import read_open3d
 from polymae.ops.patches import patchify, tubeletify, unpatchify, untubeletify
-from polymae.ops.render import GAP, panel_column, panel_row, viridis
+from polymae.ops.render import GAP, captioned, panel_column, panel_row, viridis
 
 __all__ = [
     "GAP",
@@ -26,6 +26,7 @@ __all__ = [
     "check_declared_size",
     "column_strip",
     "draw_frame_view",
+    "captioned",
     "panel_column",
     "panel_row",
     "patchify",

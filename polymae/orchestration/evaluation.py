@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from polymae.models.mae import loss_mask
+from polymae.ops import captioned
 from polymae.tokenizer.stream import TokenStream, column, columns_to_streams
 
 
@@ -81,7 +82,8 @@ def render_cross(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Pat
         stream = columns_to_streams(m, {k: v[i : i + 1] for k, v in batch.items() if k.startswith(f"{m}.")})[0]
         stream = TokenStream(stream.values, stream.coords, stream.unit, stream.valid)  # nothing visible
         try:
-            picture = plugin.render(stream, pred)
+            picture = captioned(plugin.render(stream, pred), plugin.render_columns, plugin.render_rows,
+                                title=f"{m} from {', '.join(others)} alone")
         except NotImplementedError:
             continue
         target = path.with_name(f"{path.stem}_{m}.png")
@@ -93,13 +95,17 @@ def render_cross(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Pat
 
 def render(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> list[Path]:
     """One PNG: per stream, a row per sample of the fixed batch that has the stream (the plugin's
-    render); and a GIF per stream whose plugin animates (its first sample). → the files written."""
+    render, its columns captioned on the stream's first row; the stream's name above it when there
+    are several); and a GIF per stream whose plugin animates (its first sample). → the files written."""
     _, preds = evaluate(model, batch)
     rows, written = [], [path]
     path.parent.mkdir(parents=True, exist_ok=True)
     for m, plugin in model.plugins.items():
         present = [(s, p) for s, p in zip(columns_to_streams(m, batch), preds[m], strict=True) if s.valid.any()]
-        rows += [plugin.render(stream, pred) for stream, pred in present]
+        for i, (stream, pred) in enumerate(present):  # the stream's first row carries its captions
+            picture = plugin.render(stream, pred)
+            rows.append(captioned(picture, plugin.render_columns if i == 0 else (), plugin.render_rows,
+                                  title=m if i == 0 and len(model.plugins) > 1 else ""))
         frames = plugin.render_frames(*present[0]) if present else None
         if frames:
             gif = path.with_name(f"{path.stem}_{m}.gif")

@@ -42,12 +42,6 @@ def cluster(tmp_path_factory):
         yield started
 
 
-@pytest.fixture
-def fresh_cluster(tmp_path):
-    with _cluster(tmp_path) as started:
-        yield started
-
-
 def _overrides(tmp_path, mlflow_server, steps):
     return ["--set", f"train.steps={steps}", "--set", "train.batch_size=4", "--set", "train.workers=2",
             "--set", "train.placement_strategy=SPREAD", "--set", "train.checkpoint_every=5",
@@ -104,10 +98,9 @@ def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path
     assert run.data.tags["mlflow.source.git.commit"]
 
 
-def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, fresh_cluster, mlflow_server, photo_paths,
-                                                          capsys):
-    """The kill is timed by Ray's State API: it lands once a scan task is running on the worker node."""
-    cluster = fresh_cluster
+def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, cluster, mlflow_server, photo_paths, capsys):
+    """The kill is timed by Ray's State API: it lands once a scan task is running on the worker node.
+    It kills the module's worker node, so it stays the module's last test (one cluster start, not two)."""
     folder = tmp_path / "many"
     folder.mkdir()
     for copy in range(100):  # 1100 real photos (hard links)

@@ -1,6 +1,8 @@
 """`polymae run` on real video, audio, point-cloud and LiDAR files with bad ones mixed in, against a real
-MLflow server: counts add up, every bad file is quarantined with its reason, the renders (PNG strip,
-GIF for video) reach MLflow, audio's dataset statistics are resolved into the saved spec."""
+MLflow server, as one run of four unpaired streams (each file a sample of its own stream; one Ray
+Train start instead of four): counts add up per stream, every bad file is quarantined with its
+stream and reason, the renders (one PNG of every stream, a GIF for video) reach MLflow, audio's
+dataset statistics are resolved into the saved spec, and every stream's loss is logged."""
 
 from __future__ import annotations
 
@@ -22,45 +24,14 @@ pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
-def _spec(modality: str, folder: Path, tmp_path: Path, uri: str, config: dict, mask: dict) -> object:
-    return parse_spec({
-        "name": f"{modality}-itest", "seed": 2,
-        "sources": [{"modality": modality, "paths": [str(folder)], "config": config}],
-        "tokenizer": {"mask": {modality: mask}},
-        "model": {"preset": "tiny", "overrides": {"depth": 2, "decoder_depth": 1}},
-        "train": {"steps": 4, "batch_size": 4, "workers": 1, "lr": 1e-3, "warmup_steps": 1,
-                  "checkpoint_every": 4, "log_every": 1, "precision": "fp32"},
-        "tracking": {"uri": uri, "experiment": "media-itest"},
-        "outputs": {"dir": str(tmp_path / "runs")},
-    })
-
-
-def _quarantined(result) -> dict[str, str]:
-    rows = pq.read_table(result.output_dir / "quarantine.parquet").to_pylist()
-    return {Path(r["path"]).name: r["reason"] for r in rows}
-
-
-def test_video_run_quarantines_bad_files_and_logs_renders(tmp_path, ray_local, mlflow_server):
-    folder = tmp_path / "video"
+def _video(folder: Path) -> dict:
     shutil.copytree(DATA / "video", folder)
     cup = (folder / "opencv_cup.mp4").read_bytes()
     (folder / "truncated.mp4").write_bytes(cup[: len(cup) // 2])
     (folder / "notes.mp4").write_text("not a video\n" * 50)
     (folder / "empty.mkv").write_bytes(b"")
-    config = {"img_size": 32, "num_frames": 4, "stride": 4, "num_clips": 3, "decode_short_side": 64}
-    mask = {"strategy": "tube", "ratio": 0.75, "decoder_strategy": "running_cell"}
-    result = run_pipeline(_spec("video", folder, tmp_path, mlflow_server, config, mask), run_name="video-itest")
-
-    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3,
-                             "skipped": 0, "unmatched": 0, "samples": 6, "views_skipped": 0}
-    reasons = _quarantined(result)
-    assert set(reasons) == {"truncated.mp4", "notes.mp4", "empty.mkv"}
-    assert "truncated MP4" in reasons["truncated.mp4"] and "empty" in reasons["empty.mkv"]
-    client = MlflowClient(mlflow_server)
-    renders = {a.path for a in client.list_artifacts(result.run_id, "renders")}
-    assert {"renders/step000000.png", "renders/step000000_video.gif", "renders/step000004.png",
-            "renders/step000004_video.gif"} <= renders
-    assert result.final_step == 4 and result.model_version is not None
+    return {"config": {"img_size": 32, "num_frames": 4, "stride": 4, "num_clips": 3, "decode_short_side": 64},
+            "mask": {"strategy": "tube", "ratio": 0.75, "decoder_strategy": "running_cell"}}
 
 
 def _wav(samples: np.ndarray, rate: int) -> bytes:
@@ -69,8 +40,7 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
-def test_audio_run_resolves_statistics_and_quarantines(tmp_path, ray_local, mlflow_server):
-    folder = tmp_path / "audio"
+def _audio(folder: Path) -> dict:
     shutil.copytree(DATA / "audio", folder)
     speech, rate = sf.read(DATA / "audio" / "sense_and_sensibility_01_austen_64kb-0870.wav")
     good = _wav(speech, rate)
@@ -78,50 +48,72 @@ def test_audio_run_resolves_statistics_and_quarantines(tmp_path, ray_local, mlfl
     (folder / "header.wav").write_bytes(b"JUNK" + good[4:])
     (folder / "cut.wav").write_bytes(good[: len(good) // 2])
     (folder / "silence.wav").write_bytes(_wav(np.zeros(rate * 2), rate))  # valid: must not break stats
-    config = {"target_length": 256}
-    result = run_pipeline(_spec("audio", folder, tmp_path, mlflow_server, config, {"ratio": 0.8}),
-                          run_name="audio-itest")
-
-    assert result.counts["total"] == 8 and result.counts["quarantined"] == 3
-    assert set(_quarantined(result)) == {"empty.wav", "header.wav", "cut.wav"}
-    saved = yaml.safe_load((result.output_dir / "spec.yaml").read_text())
-    resolved = saved["sources"][0]["config"]
-    assert np.isfinite(resolved["mean"]) and resolved["std"] > 0  # from the Ray Data aggregation
-    client = MlflowClient(mlflow_server)
-    assert "renders/step000004.png" in {a.path for a in client.list_artifacts(result.run_id, "renders")}
-    assert np.isfinite(result.eval_loss)
+    return {"config": {"target_length": 256}, "mask": {"ratio": 0.8}}
 
 
-def test_points_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
-    folder = tmp_path / "points"
+def _points(folder: Path) -> dict:
     shutil.copytree(DATA / "points", folder)
     (folder / "garbage.ply").write_text("ply\nformat nonsense\nend_header\n1 2 3\n")
     (folder / "nan.xyz").write_text("0 0 0\nnan 1 2\n" * 40)
     (folder / "empty.pcd").write_bytes(b"")
-    result = run_pipeline(_spec("points", folder, tmp_path, mlflow_server, {}, {"strategy": "block", "ratio": 0.6}),
-                          run_name="points-itest")
-    assert result.counts == {"total": 5, "tokenized": 2, "quarantined": 3,
-                             "skipped": 0, "unmatched": 0, "samples": 2, "views_skipped": 0}
-    reasons = _quarantined(result)
-    assert "non-finite" in reasons["nan.xyz"] and "empty" in reasons["empty.pcd"]
-    assert "renders/step000004.png" in {a.path for a in MlflowClient(mlflow_server).list_artifacts(result.run_id,
-                                                                                                    "renders")}
+    return {"config": {}, "mask": {"strategy": "block", "ratio": 0.6}}
 
 
-def test_lidar_run_quarantines_bad_scans(tmp_path, ray_local, mlflow_server):
-    folder = tmp_path / "lidar"
+def _lidar(folder: Path) -> dict:
     folder.mkdir()
     sweep = (DATA / "lidar" / "mrpt_vlp16_scan_kitti_format.bin").read_bytes()
     (folder / "sweep.bin").write_bytes(sweep)
     (folder / "cut.bin").write_bytes(sweep[:-7])
     (folder / "far.bin").write_bytes((np.frombuffer(sweep, "<f4").reshape(-1, 4) + [900, 0, 0, 0]).astype("<f4"))
     (folder / "bad.las").write_bytes(b"XXXX" + (DATA / "lidar" / "simple.las").read_bytes()[4:])
-    config = {"max_voxels": 256, "num_empty": 64, "max_points_per_voxel": 8}
-    result = run_pipeline(_spec("lidar", folder, tmp_path, mlflow_server, config,
-                                {"strategy": "radial", "ratio": 0.8}), run_name="lidar-itest")
-    assert result.counts == {"total": 4, "tokenized": 1, "quarantined": 3,
-                             "skipped": 0, "unmatched": 0, "samples": 1, "views_skipped": 0}
-    reasons = _quarantined(result)
-    assert "multiple of 16" in reasons["cut.bin"] and "no points within" in reasons["far.bin"]
-    assert "LAS" in reasons["bad.las"]
-    assert np.isfinite(result.eval_loss)
+    return {"config": {"max_voxels": 256, "num_empty": 64, "max_points_per_voxel": 8},
+            "mask": {"strategy": "radial", "ratio": 0.8}}
+
+
+MEDIA = {"video": _video, "audio": _audio, "points": _points, "lidar": _lidar}
+
+
+def test_four_media_streams_quarantine_bad_files_and_log_renders(tmp_path, ray_local, mlflow_server):
+    sources, masks = [], {}
+    for modality, make in MEDIA.items():
+        made = make(tmp_path / modality)
+        sources.append({"modality": modality, "paths": [str(tmp_path / modality)], "config": made["config"]})
+        masks[modality] = made["mask"]
+    spec = parse_spec({
+        "name": "media-itest", "seed": 2, "sources": sources, "tokenizer": {"mask": masks},
+        "model": {"preset": "tiny", "overrides": {"depth": 2, "decoder_depth": 1}},
+        "train": {"steps": 4, "batch_size": 4, "workers": 1, "lr": 1e-3, "warmup_steps": 1,
+                  "checkpoint_every": 4, "log_every": 1, "precision": "fp32"},
+        "tracking": {"uri": mlflow_server, "experiment": "media-itest"},
+        "outputs": {"dir": str(tmp_path / "runs")},
+    })
+    result = run_pipeline(spec, run_name="media-itest")
+    assert result.final_step == 4 and result.model_version is not None and np.isfinite(result.eval_loss)
+
+    # samples: 3 clips of each of the 2 good videos, 5 audio files, 2 point clouds, 1 sweep
+    assert result.counts == {"total": 22, "tokenized": 10, "quarantined": 12,
+                             "skipped": 0, "unmatched": 0, "samples": 14, "views_skipped": 0}
+    rows = pq.read_table(result.output_dir / "quarantine.parquet").to_pylist()
+    reasons = {(r["stream"], Path(r["path"]).name): r["reason"] for r in rows}
+    assert set(reasons) == {("video", "truncated.mp4"), ("video", "notes.mp4"), ("video", "empty.mkv"),
+                            ("audio", "empty.wav"), ("audio", "header.wav"), ("audio", "cut.wav"),
+                            ("points", "garbage.ply"), ("points", "nan.xyz"), ("points", "empty.pcd"),
+                            ("lidar", "cut.bin"), ("lidar", "far.bin"), ("lidar", "bad.las")}
+    assert "truncated MP4" in reasons["video", "truncated.mp4"] and "empty" in reasons["video", "empty.mkv"]
+    assert "non-finite" in reasons["points", "nan.xyz"] and "empty" in reasons["points", "empty.pcd"]
+    assert "multiple of 16" in reasons["lidar", "cut.bin"] and "no points within" in reasons["lidar", "far.bin"]
+    assert "LAS" in reasons["lidar", "bad.las"]
+
+    saved = yaml.safe_load((result.output_dir / "spec.yaml").read_text())
+    resolved = next(s for s in saved["sources"] if s["modality"] == "audio")["config"]
+    assert np.isfinite(resolved["mean"]) and resolved["std"] > 0  # from the Ray Data aggregation
+
+    client = MlflowClient(mlflow_server)
+    metrics = client.get_run(result.run_id).data.metrics
+    for stream, tokenized in (("video", 2), ("audio", 5), ("points", 2), ("lidar", 1)):
+        assert metrics[f"data/{stream}/tokenized"] == tokenized and metrics[f"data/{stream}/quarantined"] == 3
+        history = client.get_metric_history(result.run_id, f"train/loss_{stream}")
+        assert history and all(np.isfinite(m.value) for m in history), stream
+    renders = {a.path for a in client.list_artifacts(result.run_id, "renders")}
+    assert {"renders/step000000.png", "renders/step000000_video.gif", "renders/step000004.png",
+            "renders/step000004_video.gif"} <= renders
