@@ -58,7 +58,7 @@ def _run_id(client, name):
 
 def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path, cluster, mlflow_server, capsys):
     client = MlflowClient(mlflow_server)
-    args = _overrides(tmp_path, mlflow_server, steps=30)
+    args = _overrides(tmp_path, mlflow_server, steps=20)
     assert main(["submit", SPEC, "--address", cluster.address, "--run-name", "c1", *args]) == 0
     job = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
 
@@ -89,10 +89,10 @@ def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path
     second = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
     assert main(["logs", second, "--address", cluster.address]) == 0
     logs = capsys.readouterr().out
-    assert "resumed" in logs and "[polymae] done: step 30" in logs, logs[-3000:]
+    assert "resumed" in logs and "[polymae] done: step 20" in logs, logs[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == set(range(1, 31))
+    assert {m.step for m in client.get_metric_history(run_id, "train/loss")} == set(range(1, 21))
     exp = client.get_experiment_by_name("cluster").experiment_id
     assert len(client.search_runs([exp])) == 1
     assert run.data.tags["mlflow.source.git.commit"]
@@ -100,14 +100,15 @@ def test_submitted_pipeline_trains_on_both_nodes_and_resumes_after_stop(tmp_path
 
 def test_worker_node_killed_during_the_scan_loses_no_file(tmp_path, cluster, mlflow_server, photo_paths, capsys):
     """The kill is timed by Ray's State API: it lands once a scan task is running on the worker node.
-    It kills the module's worker node, so it stays the module's last test (one cluster start, not two)."""
+    The job is the scan stage alone (training restarts are test_operations'). It kills the module's
+    worker node, so it stays the module's last test (one cluster start, not two)."""
     folder = tmp_path / "many"
     folder.mkdir()
     for copy in range(100):  # 1100 real photos (hard links)
         for p in photo_paths:
             os.link(p, folder / f"{copy:03d}_{p.name}")
     args = _overrides(tmp_path, mlflow_server, steps=2) + ["--set", f"sources.0.paths=[{folder}]",
-                                                           "--set", "train.workers=1"]  # fits on one node
+                                                           "--set", "stages=[{name: scan, kind: scan}]"]
     assert main(["submit", SPEC, "--address", cluster.address, "--run-name", "node-kill", *args]) == 0
     job = capsys.readouterr().out.split("submitted job ", 1)[1].split(";")[0]
     jobs_api = jobs.client(cluster.address)

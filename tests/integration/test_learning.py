@@ -68,7 +68,7 @@ def test_tiny_video_mae_loss_falls_30_percent():
     16 clips from one decode of each; 64² crops keep it to about a minute on two cores."""
     config = {"img_size": 64, "decode_short_side": 73, "num_clips": 16}
     mask = {"strategy": "tube", "ratio": 0.9, "decoder_strategy": "running_cell"}
-    spec = _spec("video", [ROOT / "examples/data/video"], config, mask, steps=500, lr=2e-3)
+    spec = _spec("video", [ROOT / "examples/data/video"], config, mask, steps=400, lr=2e-3)
     files = [SampleFile(f.sample_id, f.path, 16, stream=f.stream) for f in discover(spec.sources[0], (".mp4",))]
     before, after = train_and_evaluate(spec, files)
     assert after <= 0.7 * before

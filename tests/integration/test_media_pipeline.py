@@ -90,9 +90,10 @@ def test_four_media_streams_quarantine_bad_files_and_log_renders(tmp_path, ray_l
     result = run_pipeline(spec, run_name="media-itest")
     assert result.final_step == 4 and result.model_version is not None and np.isfinite(result.eval_loss)
 
-    # samples: 3 clips of each of the 2 good videos, 5 audio files, 2 point clouds, 1 sweep
+    # samples: 3 clips of each of the 2 good videos; 7 windows of 256 frames from the 5 good audio
+    # files (7.1 s and 5.3 s give 2 each, a partial window under 256 frames is dropped); 2 clouds, 1 sweep
     assert result.counts == {"total": 22, "tokenized": 10, "quarantined": 12,
-                             "skipped": 0, "unmatched": 0, "samples": 14, "views_skipped": 0}
+                             "skipped": 0, "unmatched": 0, "samples": 16, "views_skipped": 0}
     rows = pq.read_table(result.output_dir / "quarantine.parquet").to_pylist()
     reasons = {(r["stream"], Path(r["path"]).name): r["reason"] for r in rows}
     assert set(reasons) == {("video", "truncated.mp4"), ("video", "notes.mp4"), ("video", "empty.mkv"),

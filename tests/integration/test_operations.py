@@ -114,7 +114,7 @@ def _write(spec, tmp_path):
 
 
 def test_killed_training_worker_restarts_from_its_checkpoint(tmp_path, photo_folder, ray_local, mlflow_server):
-    spec = _spec(photo_folder, tmp_path, mlflow_server, steps=15, workers=2, checkpoint_every=3, max_failures=2)
+    spec = _spec(photo_folder, tmp_path, mlflow_server, steps=15, workers=1, checkpoint_every=3, max_failures=2)
     spec.tracking.experiment = "ops-kill"
     killed: list[int] = []
 
